@@ -1,0 +1,234 @@
+"""Training configuration: typed dataclasses, YAML presets, the `auto` rules, validation.
+
+A run's configuration is built in four layers, each overriding the one before:
+
+1. the dataclass defaults below,
+2. a preset from configs/NAME.yaml (`--cfg`),
+3. for presets with `auto_rules: true`, values derived from the data resolution and GPU
+   count (`auto_rules`, the rules of the official `auto` config),
+4. the command-line flags the user gave.
+
+`validate` is the one place that checks the result; it raises `UserError` with a message
+that names the option and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ada.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+AUG_MODES = ("ada", "noaug", "fixed")
+ADA_HEURISTICS = ("rt", "rv")
+D_ARCHITECTURES = ("orig", "skip", "resnet")
+
+
+@dataclass
+class ModelConfig:
+    z_dim: int = 512
+    w_dim: int = 512
+    map_layers: int = 8
+    channel_base: int = 32768
+    channel_max: int = 512
+    num_fp16_res: int = 4
+    conv_clamp: float | None = 256
+    mbstd_group: int = 4
+    d_architecture: str = "resnet"
+
+
+@dataclass
+class LossConfig:
+    r1_gamma: float = 10.0
+    pl_weight: float = 2.0
+    pl_decay: float = 0.01
+    pl_batch_shrink: int = 2
+    style_mixing: float = 0.9
+    # Lazy regularisation: R1 every d_reg_interval D steps, path length every g_reg_interval G steps.
+    g_reg_interval: int = 4
+    d_reg_interval: int = 16
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.0025
+    beta1: float = 0.0
+    beta2: float = 0.99
+    eps: float = 1e-8
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = None
+
+
+@dataclass
+class AugConfig:
+    mode: str = "ada"
+    pipe: str = "bgc"
+    p: float = 0.0
+    target: float = 0.6
+    ada_interval: int = 4
+    ada_kimg: float = 500.0
+    # Transfer runs start with a faster reaction, as the official code does.
+    ada_kimg_resume: float = 100.0
+    heuristic: str = "rt"
+    p_max: float = 1.0
+
+
+@dataclass
+class WandbConfig:
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    mode: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    outdir: str = "runs"
+    cfg: str = "auto"
+    auto_rules: bool = False
+    gpus: int = 1
+    seed: int = 0
+    dry_run: bool = False
+    kimg: float = 25000.0
+    tick: float = 4.0
+    snap: int = 50
+    metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
+    batch: int = 32
+    cond: bool = False
+    subset: int | None = None
+    mirror: bool = False
+    val: float = 0.05
+    workers: int = 3
+    resume: str | None = None
+    freezed: int = 0
+    fp32: bool = False
+    bf16: bool = False
+    nhwc: bool = False
+    allow_tf32: bool = False
+    nobench: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> TrainConfig:
+    """The dataclass defaults overridden by configs/NAME.yaml."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown preset --cfg={name}; choose one of: {', '.join(available_presets())}")
+    values = yaml.safe_load(path.read_text()) or {}
+    cfg = TrainConfig(cfg=name)
+    apply_overrides(cfg, values, source=str(path))
+    return cfg
+
+
+def apply_overrides(cfg: Any, values: dict[str, Any], source: str) -> None:
+    """Set dataclass fields from a (nested) dict, refusing unknown keys."""
+    known = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: {key!r} must be a mapping of options")
+            apply_overrides(current, value, f"{source}:{key}")
+        else:
+            setattr(cfg, key, value)
+
+
+def auto_rules(resolution: int, gpus: int) -> dict[str, Any]:
+    """The official `auto` config: sizes and rates as functions of resolution and GPU count."""
+    batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    fmaps = 1 if resolution >= 512 else 0.5
+    return {
+        "batch": batch,
+        "model": {"mbstd_group": min(batch // gpus, 4), "channel_base": int(fmaps * 32768)},
+        "optim": {"lr": 0.002 if resolution >= 1024 else 0.0025, "ema_kimg": batch * 10 / 32},
+        "loss": {"r1_gamma": r1_gamma_heuristic(resolution, batch)},
+    }
+
+
+def r1_gamma_heuristic(resolution: int, batch: int) -> float:
+    """R1 weight that scales with the image area and shrinks with the batch: 0.0002 res^2 / batch."""
+    return 0.0002 * resolution**2 / batch
+
+
+def ada_step(batch: int, ada_interval: int, ada_kimg: float) -> float:
+    """How far p moves per controller update: p can traverse [0, 1] in ada_kimg thousand images."""
+    return batch * ada_interval / (ada_kimg * 1000)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every check on a resolved configuration, with a message a user can act on."""
+    from augment import PRESETS as AUGPIPE_PRESETS
+
+    _check(bool(cfg.data), "--data is required: a folder of images, a dataset zip, or a built-in name")
+    _check(cfg.gpus >= 1, f"--gpus={cfg.gpus} must be at least 1")
+    _check(cfg.kimg > 0, f"--kimg={cfg.kimg} must be positive")
+    _check(cfg.tick > 0, f"--tick={cfg.tick} must be positive")
+    _check(cfg.snap >= 1, f"--snap={cfg.snap} must be at least 1 (ticks between snapshots)")
+    _check(cfg.batch >= 1, f"--batch={cfg.batch} must be at least 1")
+    _check(
+        cfg.batch % cfg.gpus == 0,
+        f"--batch={cfg.batch} is not divisible by --gpus={cfg.gpus}; use a multiple of the GPU count",
+    )
+    batch_gpu = cfg.batch // cfg.gpus
+    group = min(cfg.model.mbstd_group, batch_gpu)
+    _check(
+        group == 0 or batch_gpu % group == 0,
+        f"per-GPU batch {batch_gpu} is not divisible by the minibatch-stddev group {group}; "
+        "use a batch that is a multiple of the group size",
+    )
+    _check(cfg.subset is None or cfg.subset >= 1, f"--subset={cfg.subset} must be at least 1")
+    _check(0 <= cfg.val < 1, f"--val={cfg.val} must be a fraction in [0, 1)")
+    _check(cfg.workers >= 0, f"--workers={cfg.workers} must be >= 0")
+    _check(cfg.freezed >= 0, f"--freezed={cfg.freezed} must be >= 0")
+    _check(cfg.loss.r1_gamma >= 0, f"--gamma={cfg.loss.r1_gamma} must be >= 0")
+    _check(cfg.model.d_architecture in D_ARCHITECTURES, f"d_architecture must be one of {D_ARCHITECTURES}")
+    _check(cfg.model.map_layers >= 1, "map_layers must be at least 1")
+    _check(cfg.model.z_dim >= 1 and cfg.model.w_dim >= 1, "z_dim and w_dim must be at least 1")
+    _check(cfg.model.channel_base >= 1 and cfg.model.channel_max >= 1, "channel_base and channel_max must be >= 1")
+    _check(cfg.optim.lr > 0, f"lr={cfg.optim.lr} must be positive")
+    _check(not (cfg.fp32 and cfg.bf16), "--fp32 and --bf16 contradict each other; give one")
+    aug = cfg.aug
+    _check(aug.mode in AUG_MODES, f"--aug={aug.mode} is not one of {', '.join(AUG_MODES)}")
+    _check(aug.pipe in AUGPIPE_PRESETS, f"--augpipe={aug.pipe} is not one of {', '.join(AUGPIPE_PRESETS)}")
+    _check(0 <= aug.p <= 1, f"--p={aug.p} must lie in [0, 1]")
+    _check(0 < aug.target < 1, f"--target={aug.target} must lie strictly between 0 and 1")
+    _check(aug.ada_interval >= 1, f"--ada-interval={aug.ada_interval} must be at least 1")
+    _check(aug.ada_kimg > 0 and aug.ada_kimg_resume > 0, "--ada-kimg must be positive")
+    _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
+    _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
+    _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
+    wandb_modes = (None, "online", "offline", "disabled")
+    _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
+
+
+def check_against_data(cfg: TrainConfig, resolution: int) -> None:
+    """Checks that need the dataset: the networks' size limits."""
+    _check(4 <= resolution <= 1024, f"the data is {resolution}x{resolution}; resolutions 4..1024 are supported")
+    _check(math.log2(resolution).is_integer(), f"the data resolution {resolution} is not a power of two")

@@ -1,0 +1,125 @@
+"""The ADA controller: overfitting heuristics and the p update.
+
+D's raw logits tell how much it overfits:
+  r_t = E[sign(D(x_train))]
+  r_v = (E[D(x_train)] - E[D(x_val)]) / (E[D(x_train)] - E[D(G(z))])
+0 means no overfitting, 1 complete overfitting. Every `ada_interval` minibatches the
+controller moves p by a fixed step towards the side that brings the heuristic back to its
+target, so p can cross [0, 1] in `ada_kimg` thousand images whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Above this p, the standard transforms start to leak into G's outputs.
+LEAK_THRESHOLD = 0.8
+
+
+def r_t(sign_sum: float, count: float) -> float:
+    """Mean sign of D's logits on training reals."""
+    return sign_sum / count
+
+
+def r_v(logit_train: float, logit_val: float, logit_gen: float) -> float:
+    """Validation heuristic: where D's mean logit on withheld reals lies between training reals and fakes."""
+    denom = logit_train - logit_gen
+    if denom == 0:
+        return 0.0
+    return (logit_train - logit_val) / denom
+
+
+def p_update(p: float, heuristic: float, target: float, batch: int, interval: int, ada_kimg: float,
+             p_max: float = 1.0) -> float:
+    """One controller step: p += sign(heuristic - target) * batch * interval / (ada_kimg * 1000), clipped."""
+    step = batch * interval / (ada_kimg * 1000)
+    delta = math.copysign(step, heuristic - target) if heuristic != target else 0.0
+    return min(max(p + delta, 0.0), p_max)
+
+
+class AdaController:
+    """Collects sign(D(x_train)) and retunes p; its whole state goes into checkpoints.
+
+    With `heuristic='rv'`, p follows r_v (measured once per tick by the trainer) instead of r_t.
+    `reduce` sums the collected statistics across processes so every rank computes the same p.
+    """
+
+    def __init__(
+        self,
+        target: float = 0.6,
+        interval: int = 4,
+        ada_kimg: float = 500.0,
+        p: float = 0.0,
+        p_max: float = 1.0,
+        heuristic: str = "rt",
+        adjust: bool = True,
+    ):
+        self.target = target
+        self.interval = interval
+        self.ada_kimg = ada_kimg
+        self.p = p
+        self.p_max = p_max
+        self.heuristic = heuristic
+        self.adjust = adjust
+        self.sign_sum = 0.0
+        self.sign_count = 0.0
+        self.last_r_t: float | None = None
+        self.last_r_v: float | None = None
+        self.tick_sign_sum = 0.0
+        self.tick_sign_count = 0.0
+        self.warned_leak = False
+
+    def accumulate(self, real_signs: torch.Tensor) -> None:
+        self.sign_sum += float(real_signs.sum())
+        self.sign_count += real_signs.numel()
+
+    def step(self, batch_idx: int, batch: int, reduce=None) -> bool:
+        """Call after every minibatch; updates p every `interval` batches. Returns whether it ran."""
+        if batch_idx % self.interval != 0 or self.sign_count == 0:
+            return False
+        sums = torch.tensor([self.sign_sum, self.sign_count], dtype=torch.float64)
+        if reduce is not None:
+            sums = reduce(sums)
+        self.sign_sum = self.sign_count = 0.0
+        self.last_r_t = r_t(float(sums[0]), float(sums[1]))
+        self.tick_sign_sum += float(sums[0])
+        self.tick_sign_count += float(sums[1])
+        if self.adjust:
+            value = self.last_r_t if self.heuristic == "rt" else self.last_r_v
+            if value is not None:
+                self.p = p_update(self.p, value, self.target, batch, self.interval, self.ada_kimg, self.p_max)
+        return True
+
+    def leak_warning(self) -> str | None:
+        """A message the first time p passes the leak threshold, else None."""
+        if self.p <= LEAK_THRESHOLD or self.warned_leak:
+            return None
+        self.warned_leak = True
+        return (
+            f"augmentation probability p={self.p:.3f} passed {LEAK_THRESHOLD}: augmentations may start to leak "
+            "into generated images; consider --p-max, a lower --target, or more data"
+        )
+
+    def tick_r_t(self) -> float | None:
+        """r_t over the whole tick, then start a new tick."""
+        if self.tick_sign_count == 0:
+            return self.last_r_t
+        value = self.tick_sign_sum / self.tick_sign_count
+        self.tick_sign_sum = self.tick_sign_count = 0.0
+        return value
+
+    def state_dict(self) -> dict:
+        return {
+            "p": self.p, "sign_sum": self.sign_sum, "sign_count": self.sign_count,
+            "last_r_t": self.last_r_t, "last_r_v": self.last_r_v, "warned_leak": self.warned_leak,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p = float(state["p"])
+        self.sign_sum = float(state["sign_sum"])
+        self.sign_count = float(state["sign_count"])
+        self.last_r_t = state.get("last_r_t")
+        self.last_r_v = state.get("last_r_v")
+        self.warned_leak = bool(state.get("warned_leak", False))

@@ -1,0 +1,385 @@
+"""Training data: image folders and dataset zips, labels, the validation split, the sampler.
+
+A dataset is
+- a folder of images, searched recursively (png, jpg, jpeg, webp, bmp),
+- a zip of images in the official dataset_tool layout (`00000/img00000000.png`, ...), or
+- the name of a built-in dataset (`ada.builtin`),
+each with optional labels in `dataset.json`: {"labels": [["00000/img00000000.png", 6], ...]}.
+
+Images must be square with a power-of-two side, all the same size (`ada dataset` converts
+anything else). Grayscale data trains a one-channel model; if any image has colour, all are
+read as RGB. Everything is checked when the dataset opens, so a bad file fails the run
+before training starts, with its name in the message.
+
+Data is decoded once and held as uint8 in memory when it fits `cache_bytes`; larger
+datasets decode per batch in `--workers` loader processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ada.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Images larger than this are refused before decoding: a decompression bomb, or not training data.
+MAX_PIXELS = 128 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def check_zip_member(name: str, archive: str) -> None:
+    """Refuse members that would point outside the archive's own tree."""
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
+        raise UserError(f"{archive}: refusing unsafe zip entry {name!r} (absolute path or '..')")
+
+
+def list_folder_images(root: Path) -> list[str]:
+    """Image paths under `root`, relative, '/'-separated, sorted; never leaving `root` through a symlink."""
+    root_real = root.resolve()
+    names = []
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for filename in filenames:
+            if not is_image_name(filename):
+                continue
+            path = Path(dirpath) / filename
+            if not path.resolve().is_relative_to(root_real):
+                continue
+            names.append(path.relative_to(root).as_posix())
+    return sorted(names)
+
+
+class ImageSource:
+    """Reads raw image files by name from a folder or a zip."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.is_zip = path.is_file()
+        self._zip: zipfile.ZipFile | None = None
+        if self.is_zip:
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    members = zf.namelist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise UserError(f"{path}: not a readable zip archive ({exc})") from None
+            for name in members:
+                check_zip_member(name, str(path))
+            self.names = sorted(n for n in members if is_image_name(n))
+            self._members = set(members)
+        else:
+            self.names = list_folder_images(path)
+
+    def read(self, name: str) -> bytes:
+        if self.is_zip:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            return self._zip.read(name)
+        return (self.path / name).read_bytes()
+
+    def has(self, name: str) -> bool:
+        return name in self._members if self.is_zip else (self.path / name).is_file()
+
+    def __getstate__(self) -> dict:
+        # Loader worker processes open their own zip handle.
+        return {**self.__dict__, "_zip": None}
+
+
+def open_image(data: bytes, name: str) -> Image.Image:
+    """Open an encoded image, checking its size before any pixel is decoded."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise UserError(f"{name}: not a readable image ({type(exc).__name__}); remove or replace it") from None
+    if img.width * img.height > MAX_PIXELS:
+        raise UserError(f"{name}: {img.width}x{img.height} exceeds the {MAX_PIXELS // 2**20} megapixel limit")
+    return img
+
+
+def decode(data: bytes, name: str, rgb: bool) -> np.ndarray:
+    """Encoded bytes -> uint8 array [C, H, W], C = 3 if `rgb` else 1."""
+    img = open_image(data, name)
+    try:
+        img = img.convert("RGB" if rgb else "L")
+        arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:
+        raise UserError(f"{name}: the image is corrupt ({type(exc).__name__}: {exc}); remove or replace it") from None
+    return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
+
+
+def has_colour(img: Image.Image) -> bool:
+    return img.mode not in ("1", "L", "LA", "I", "I;16", "F")
+
+
+def load_labels(source: ImageSource, names: list[str]) -> np.ndarray | None:
+    """Labels from dataset.json, in the order of `names`: int class ids or float vectors; None if absent."""
+    if not source.has("dataset.json"):
+        return None
+    where = f"{source.path}/dataset.json"
+    try:
+        meta = json.loads(source.read("dataset.json"))
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{where}: not valid JSON ({exc})") from None
+    entries = meta.get("labels") if isinstance(meta, dict) else None
+    if entries is None:
+        return None
+    try:
+        table = {str(fname): label for fname, label in entries}
+    except (TypeError, ValueError):
+        raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs') from None
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise UserError(f"{where}: no label for {missing[0]} ({len(missing)} images unlabelled)")
+    labels = np.array([table[n] for n in names])
+    if labels.dtype.kind not in "iuf":
+        raise UserError(f"{where}: labels must be integers (class ids) or lists of numbers")
+    if labels.ndim == 1 and labels.dtype.kind in "iu":
+        if labels.min() < 0:
+            raise UserError(f"{where}: class ids must be >= 0")
+        return labels.astype(np.int64)
+    return labels.astype(np.float32).reshape(len(names), -1)
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    resolution: int
+    channels: int
+    c_dim: int
+    num_images: int
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images (uint8 [C, H, W]) and labels (float [c_dim]) by index; index >= N is the mirror of index - N."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        names: list[str],
+        rgb: bool,
+        resolution: int,
+        labels: np.ndarray | None,
+        c_dim: int,
+        mirror: bool,
+        name: str,
+        images: np.ndarray | None = None,
+    ):
+        self.source = source
+        self.names = names
+        self.rgb = rgb
+        self.resolution = resolution
+        self.labels = labels
+        self.c_dim = c_dim
+        self.mirror = mirror
+        self.name = name
+        self.images = images
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.rgb else 1
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, self.resolution, self.channels, self.c_dim, len(self.names))
+
+    def __len__(self) -> int:
+        return len(self.names) * (2 if self.mirror else 1)
+
+    def image(self, index: int) -> np.ndarray:
+        i = index % len(self.names)
+        if self.images is not None:
+            img = self.images[i]
+        else:
+            img = decode(self.source.read(self.names[i]), self.names[i], self.rgb)
+        return img[:, :, ::-1] if index >= len(self.names) else img
+
+    def label(self, index: int) -> np.ndarray:
+        i = index % len(self.names)
+        if self.labels is None or self.c_dim == 0:
+            return np.zeros([self.c_dim], dtype=np.float32)
+        if self.labels.ndim == 1:
+            onehot = np.zeros([self.c_dim], dtype=np.float32)
+            onehot[self.labels[i]] = 1
+            return onehot
+        return self.labels[i]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.ascontiguousarray(self.image(index))), torch.from_numpy(self.label(index))
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of (uint8 images, float labels); held images are gathered without a per-image loop."""
+        idx = np.asarray(indices)
+        base = idx % len(self.names)
+        if self.images is None:
+            images = np.stack([self.image(i) for i in idx])
+        else:
+            images = self.images[base]
+            flip = idx >= len(self.names)
+            if flip.any():
+                images[flip] = images[flip][..., ::-1]
+        if self.labels is None or self.c_dim == 0:
+            labels = np.zeros([len(idx), self.c_dim], dtype=np.float32)
+        elif self.labels.ndim == 1:
+            labels = np.eye(self.c_dim, dtype=np.float32)[self.labels[base]]
+        else:
+            labels = self.labels[base]
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    def subset(self, indices: list[int], name: str | None = None) -> ImageDataset:
+        """A dataset of some of these images (indices into the un-mirrored list)."""
+        return ImageDataset(
+            self.source, [self.names[i] for i in indices], self.rgb, self.resolution,
+            None if self.labels is None else self.labels[indices], self.c_dim, self.mirror,
+            name or self.name, None if self.images is None else self.images[indices],
+        )
+
+
+def scan_images(source: ImageSource, display: str) -> tuple[bool, int]:
+    """Check every image (readable, square, power of two, one size); return (rgb, resolution)."""
+    if not source.names:
+        raise UserError(f"{display}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    rgb = False
+    size = None
+    for name in source.names:
+        img = open_image(source.read(name), name)
+        if img.width != img.height:
+            raise UserError(
+                f"{name}: image is {img.width}x{img.height}, not square; convert the folder with "
+                "`ada dataset --source DIR --dest OUT.zip --resolution R`"
+            )
+        if size is None:
+            size = img.width
+        elif img.width != size:
+            raise UserError(
+                f"{name}: image is {img.width}x{img.width} but earlier images are {size}x{size}; "
+                "all images must share one size (convert with `ada dataset --resolution R`)"
+            )
+        rgb = rgb or has_colour(img)
+    if size & (size - 1) or not 4 <= size <= 1024:
+        raise UserError(
+            f"{display}: images are {size}x{size}; the side must be a power of two in 4..1024 "
+            "(convert with `ada dataset --resolution R`)"
+        )
+    return rgb, size
+
+
+def open_dataset(
+    spec: str,
+    cond: bool = False,
+    mirror: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> ImageDataset:
+    """Open and check a dataset given as a folder, a zip or a built-in name."""
+    from ada import builtin
+
+    if builtin.is_builtin(spec):
+        return builtin.open_builtin(spec, cond=cond, mirror=mirror)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"--data={spec}: no such file or folder (built-in datasets: {', '.join(builtin.NAMES)})")
+    source = ImageSource(path)
+    rgb, resolution = scan_images(source, spec)
+    labels = load_labels(source, source.names)
+    c_dim = 0
+    if cond:
+        if labels is None:
+            raise UserError(f"--cond needs labels, but {spec} has no dataset.json with \"labels\"")
+        c_dim = int(labels.max()) + 1 if labels.ndim == 1 else labels.shape[1]
+    channels = 3 if rgb else 1
+    images = None
+    if len(source.names) * channels * resolution**2 <= cache_bytes:
+        images = np.stack([decode(source.read(n), n, rgb) for n in source.names])
+    else:
+        # Too big to hold: still decode everything once, so a corrupt file fails now, not at hour 30.
+        for n in source.names:
+            decode(source.read(n), n, rgb)
+    name = path.stem if source.is_zip else path.resolve().name
+    return ImageDataset(source, source.names, rgb, resolution, labels, c_dim, mirror, name, images)
+
+
+def split_validation(
+    dataset: ImageDataset, val_fraction: float, seed: int = 0
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """Withhold a fixed share of the real images (the same ones for every run on this data)."""
+    n = len(dataset.names)
+    num_val = int(round(n * val_fraction))
+    if num_val == 0:
+        return dataset, None
+    if num_val >= n:
+        raise UserError(f"--val={val_fraction} would withhold all {n} images; use a smaller fraction")
+    order = np.random.RandomState(seed).permutation(n)
+    train = dataset.subset(sorted(order[num_val:].tolist()))
+    val = dataset.subset(sorted(order[:num_val].tolist()), name=f"{dataset.name}-val")
+    val.mirror = False
+    return train, val
+
+
+def take_subset(dataset: ImageDataset, size: int | None, seed: int = 0) -> ImageDataset:
+    """At most `size` images, chosen with a fixed seed."""
+    if size is None or size >= len(dataset.names):
+        return dataset
+    order = np.random.RandomState(seed).permutation(len(dataset.names))
+    return dataset.subset(sorted(order[:size].tolist()))
+
+
+class InfiniteBatchSampler(torch.utils.data.Sampler):
+    """Endless shuffled batches of indices for one rank.
+
+    The global stream is a sequence of seeded permutations; global batch k holds stream items
+    [k*B, (k+1)*B), and rank r takes its r-th contiguous share. Concatenating the ranks'
+    batches in rank order gives exactly the single-process batch.
+    """
+
+    def __init__(self, size: int, batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, start_batch: int = 0):
+        if batch % world_size != 0:
+            raise ValueError(f"batch {batch} is not divisible by world size {world_size}")
+        self.size = size
+        self.batch = batch
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch // self.world_size
+        pos = self.start_batch * self.batch + self.rank * per_rank
+        epoch = -1
+        perm: list[int] = []
+        while True:
+            out = []
+            for i in range(pos, pos + per_rank):
+                e, k = divmod(i, self.size)
+                if e != epoch:
+                    epoch = e
+                    perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + e)).tolist()
+                out.append(perm[k])
+            yield out
+            pos += self.batch
+
+
+def infinite_loader(
+    dataset: ImageDataset, batch: int, rank: int, world_size: int, seed: int, workers: int, start_batch: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, float labels) batches for this rank, forever."""
+    sampler = InfiniteBatchSampler(len(dataset), batch, rank, world_size, seed, start_batch)
+    if dataset.images is not None:
+        for idx in sampler:
+            yield dataset.batch(idx)
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
+        yield from loader

@@ -1,0 +1,48 @@
+"""Image grids and PNG files for samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ada.files import atomic_write
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float NCHW -> uint8 NHWC, rounded as the official generate.py does."""
+    return (images.detach().float().permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def grid_shape(resolution: int, available: int) -> tuple[int, int]:
+    """Columns and rows of a sample grid: about 1280x720 pixels, at least 4x4 images when there are enough."""
+    gw = int(np.clip(1280 // resolution, 4, 16))
+    gh = int(np.clip(720 // resolution, 4, 9))
+    return gw, max(1, min(gh, -(-available // gw)))
+
+
+def tile(images: np.ndarray, gw: int, gh: int) -> np.ndarray:
+    """uint8 NHWC -> one uint8 HWC image with the first gw*gh images row by row; empty cells black."""
+    n, h, w, c = images.shape
+    canvas = np.zeros([gh * h, gw * w, c], dtype=np.uint8)
+    for i in range(min(n, gw * gh)):
+        y, x = divmod(i, gw)
+        canvas[y * h : (y + 1) * h, x * w : (x + 1) * w] = images[i]
+    return canvas
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """uint8 HWC (C = 1 or 3) -> PNG, written atomically."""
+    img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
+    atomic_write(Path(path), lambda f: img.save(f, format="PNG"))
+
+
+def save_grid(images: torch.Tensor | np.ndarray, path: Path, gw: int, gh: int) -> None:
+    """Float [-1, 1] NCHW tensor or uint8 NCHW array -> a gw x gh grid PNG."""
+    if isinstance(images, torch.Tensor):
+        array = to_uint8(images)
+    else:
+        array = np.asarray(images).transpose(0, 2, 3, 1)
+    save_png(tile(array, gw, gh), path)

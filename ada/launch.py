@@ -1,0 +1,81 @@
+"""From command-line options to a running Trainer: resolve the config, open the data, pick the
+run directory and devices, and start the process(es).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ada import config as config_mod
+from ada.config import TrainConfig
+from ada.data import open_dataset, split_validation, take_subset
+from ada.distributed import DistContext
+from ada.errors import UserError
+
+
+def resolve_config(preset: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Any]:
+    """Preset, then auto rules from the data, then the user's flags; validated. Returns (cfg, dataset)."""
+    cfg = config_mod.load_preset(preset)
+    config_mod.apply_overrides(cfg, overrides, source="command line")
+    config_mod.validate(cfg)
+    dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
+    config_mod.check_against_data(cfg, dataset.resolution)
+    if cfg.auto_rules:
+        config_mod.apply_overrides(cfg, config_mod.auto_rules(dataset.resolution, cfg.gpus), source="auto rules")
+        config_mod.apply_overrides(cfg, overrides, source="command line")
+        config_mod.validate(cfg)
+    return cfg, dataset
+
+
+def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
+    train_set, val_set = split_validation(dataset, cfg.val)
+    return take_subset(train_set, cfg.subset, seed=cfg.seed), val_set
+
+
+def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
+    """Resuming a run directory continues in it; anything else gets a new numbered directory."""
+    from ada.training import make_run_dir, run_description
+
+    if cfg.resume and Path(cfg.resume).is_dir():
+        return Path(cfg.resume)
+    return make_run_dir(Path(cfg.outdir), run_description(cfg, dataset_name))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def describe(cfg: TrainConfig, dataset: Any, train_set: Any, val_set: Any) -> str:
+    info = dataset.info
+    lines = [
+        json.dumps(cfg.to_dict(), indent=2),
+        f"Dataset:      {info.name} ({info.num_images} images, {info.resolution}x{info.resolution}, "
+        f"{info.channels} channel{'s' if info.channels > 1 else ''}, {info.c_dim} classes)",
+        f"Training:     {len(train_set.names)} images{' (x2 mirrored)' if cfg.mirror else ''}",
+        f"Validation:   {0 if val_set is None else len(val_set.names)} images withheld for r_v",
+    ]
+    return "\n".join(lines)
+
+
+def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path | None:
+    """The `ada train` command: returns the run directory (None for a dry run)."""
+    from ada.training import Trainer, environment_setup
+
+    cfg, dataset = resolve_config(preset, overrides)
+    train_set, val_set = split_dataset(cfg, dataset)
+    print(describe(cfg, dataset, train_set, val_set))
+    if dry_run:
+        print("Dry run: nothing written.")
+        return None
+    if cfg.gpus > 1:
+        raise UserError("--gpus > 1 needs the distributed launcher, which is not available yet")
+    environment_setup(cfg)
+    run_dir = run_dir_for(cfg, dataset.name)
+    print(f"Run directory: {run_dir}")
+    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()), run_dir)
+    trainer.run()
+    return run_dir
