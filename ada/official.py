@@ -51,11 +51,13 @@ class ModuleRecord:
     """One persistent module of an official pickle, as data: nothing of its code is run.
 
     `parameters` and `buffers` are the module's own tensors (None where the module set an
-    optional one to None); `modules` are its children by attribute name; `attributes` are the
-    rest of its __dict__ that is not torch bookkeeping (hyper-parameters such as z_dim).
+    optional one to None); `modules` are its children by attribute name; `training` is its
+    train/eval mode; `attributes` are the rest of its __dict__ that is not torch bookkeeping
+    (hyper-parameters such as z_dim).
     """
 
     class_name: str
+    training: bool
     init_args: tuple
     init_kwargs: dict
     parameters: dict[str, torch.Tensor | None]
@@ -159,9 +161,13 @@ def _persistent_record(meta) -> ModuleRecord:
     init_kwargs = state.get("_init_kwargs", {})
     if not isinstance(non_persistent, set) or not isinstance(init_args, tuple) or not isinstance(init_kwargs, dict):
         raise RefusedPickle(f"the {class_name} record has malformed module bookkeeping")
+    training = state.get("training", False)
+    if not isinstance(training, bool):
+        raise RefusedPickle(f"the {class_name} record has a malformed training flag")
     attributes = {k: v for k, v in state.items() if not k.startswith("_") and k != "training"}
     return ModuleRecord(
-        class_name, init_args, dict(init_kwargs), parameters, buffers, set(non_persistent), modules, attributes
+        class_name, training, init_args, dict(init_kwargs), parameters, buffers, set(non_persistent), modules,
+        attributes,
     )
 
 
@@ -325,7 +331,9 @@ def build_network(key: str, record: ModuleRecord, cls: type[nn.Module], report: 
         ) from e
     state, dropped = match_state(key, record.state_dict(), net)
     net.load_state_dict(state, strict=True)
-    net.eval().requires_grad_(False)
+    # The snapshot's train/eval mode (official snapshots are in eval mode, so that G_ema's mapping
+    # does not update w_avg when it generates); requires_grad stays as constructed, for the trainer.
+    net.train(record.training)
     count = sum(t.numel() for t in state.values())
     report.loaded.append(f"{key}: {len(state)} tensors, {count:,} values, into our {cls.__name__}")
     if dropped:

@@ -253,6 +253,9 @@ def make_snapshot(c_dim: int, seed: int = 0):
         for buf_name, buf in net.named_buffers():
             if buf_name.endswith(("w_avg", "noise_const")):
                 buf.normal_()
+    G.train()  # official snapshots are all in eval mode; one in train mode shows the mode is carried over
+    G_ema.eval()
+    D.eval()
     return dict(training_set_kwargs={"resolution": 16}, G=G, D=D, G_ema=G_ema, augment_pipe=AugmentPipe(0.3125))
 
 
@@ -270,6 +273,8 @@ def test_snapshot_imports_into_our_networks(tmp_path, official_names, c_dim):
         assert sum(p.numel() for p in getattr(result, key).parameters()) == sum(
             p.numel() for p in snap[key].parameters()
         )
+    assert result.G.training and not result.G_ema.training and not result.D.training
+    assert not result.G_ema.mapping.training
     assert result.augment_p == pytest.approx(0.3125)
     assert result.augment_kwargs == {"xflip": 1, "rotate90": 1, "xint": 1}
     assert result.training_set_kwargs == {"resolution": 16}
@@ -281,7 +286,7 @@ def test_snapshot_imports_into_our_networks(tmp_path, official_names, c_dim):
     torch.manual_seed(1)
     z = torch.randn(4, 16)
     c = torch.eye(c_dim)[torch.tensor([0, 1, 2, 0]) % max(c_dim, 1)] if c_dim else None
-    src_G, dst_G = snap["G_ema"].eval(), result.G_ema
+    src_G, dst_G = snap["G_ema"], result.G_ema
     for psi, noise_mode in [(1.0, "const"), (0.7, "const"), (0.5, "none")]:
         with torch.no_grad():
             expected = src_G(z, c, truncation_psi=psi, noise_mode=noise_mode)
@@ -289,7 +294,7 @@ def test_snapshot_imports_into_our_networks(tmp_path, official_names, c_dim):
         assert torch.equal(got, expected), (psi, noise_mode)
     img = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        assert torch.equal(result.D(img, c), snap["D"].eval()(img, c))
+        assert torch.equal(result.D(img, c), snap["D"](img, c))
 
 
 def test_non_standard_resample_filter_is_refused(tmp_path, official_names):
