@@ -72,8 +72,11 @@ class AdaController:
         self.warned_leak = False
 
     def accumulate(self, real_signs: torch.Tensor) -> None:
-        self.sign_sum += float(real_signs.sum())
+        total = float(real_signs.sum())
+        self.sign_sum += total
         self.sign_count += real_signs.numel()
+        self.tick_sign_sum += total
+        self.tick_sign_count += real_signs.numel()
 
     def step(self, batch_idx: int, batch: int, reduce=None) -> bool:
         """Call after every minibatch; updates p every `interval` batches. Returns whether it ran."""
@@ -84,8 +87,6 @@ class AdaController:
             sums = reduce(sums)
         self.sign_sum = self.sign_count = 0.0
         self.last_r_t = r_t(float(sums[0]), float(sums[1]))
-        self.tick_sign_sum += float(sums[0])
-        self.tick_sign_count += float(sums[1])
         if self.adjust:
             value = self.last_r_t if self.heuristic == "rt" else self.last_r_v
             if value is not None:
@@ -102,13 +103,13 @@ class AdaController:
             "into generated images; consider --p-max, a lower --target, or more data"
         )
 
-    def tick_r_t(self) -> float | None:
-        """r_t over the whole tick, then start a new tick."""
-        if self.tick_sign_count == 0:
-            return self.last_r_t
-        value = self.tick_sign_sum / self.tick_sign_count
+    def tick_r_t(self, reduce=None) -> float | None:
+        """r_t over every real D saw in this tick (all ranks with `reduce`), then start a new tick."""
+        sums = torch.tensor([self.tick_sign_sum, self.tick_sign_count], dtype=torch.float64)
+        if reduce is not None:
+            sums = reduce(sums)
         self.tick_sign_sum = self.tick_sign_count = 0.0
-        return value
+        return None if sums[1] == 0 else r_t(float(sums[0]), float(sums[1]))
 
     def state_dict(self) -> dict:
         return {

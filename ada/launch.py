@@ -52,7 +52,6 @@ def default_device() -> torch.device:
 def describe(cfg: TrainConfig, dataset: Any, train_set: Any, val_set: Any) -> str:
     info = dataset.info
     lines = [
-        json.dumps(cfg.to_dict(), indent=2),
         f"Dataset:      {info.name} ({info.num_images} images, {info.resolution}x{info.resolution}, "
         f"{info.channels} channel{'s' if info.channels > 1 else ''}, {info.c_dim} classes)",
         f"Training:     {len(train_set.names)} images{' (x2 mirrored)' if cfg.mirror else ''}",
@@ -67,6 +66,8 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
 
     cfg, dataset = resolve_config(preset, overrides)
     train_set, val_set = split_dataset(cfg, dataset)
+    if dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
     print(describe(cfg, dataset, train_set, val_set))
     if dry_run:
         print("Dry run: nothing written.")
@@ -74,8 +75,9 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
     if cfg.gpus > 1:
         raise UserError("--gpus > 1 needs the distributed launcher, which is not available yet")
     environment_setup(cfg)
+    # Build (and so check the --resume checkpoint) before any directory is created.
+    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()))
     run_dir = run_dir_for(cfg, dataset.name)
     print(f"Run directory: {run_dir}")
-    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()), run_dir)
-    trainer.run()
+    trainer.run(run_dir)
     return run_dir

@@ -207,7 +207,6 @@ class Trainer:
         train_set: ImageDataset,
         val_set: ImageDataset | None,
         dist: DistContext,
-        run_dir: Path | None,
         log: Callable[[str], None] = print,
     ):
         self.cfg = cfg
@@ -215,7 +214,7 @@ class Trainer:
         self.val_set = val_set
         self.dist = dist
         self.device = dist.device
-        self.run_dir = run_dir
+        self.run_dir: Path | None = None
         self.log = log if dist.rank == 0 else (lambda msg: None)
         self.batch_gpu = cfg.batch // dist.world_size
         self.progress = Progress()
@@ -455,7 +454,9 @@ class Trainer:
         self.controller.last_r_v = logits["r_v"]
         return logits
 
-    def run(self) -> None:
+    def run(self, run_dir: Path | None) -> None:
+        """Train to cfg.kimg, writing into `run_dir` (rank 0; None writes nothing)."""
+        self.run_dir = run_dir
         cfg = self.cfg
         total_nimg = int(cfg.kimg * 1000)
         tick_nimg = int(cfg.tick * 1000)
@@ -526,7 +527,7 @@ class Trainer:
             "loss_G_pl": means.get("loss_G_pl"),
             "loss_D_r1": means.get("loss_D_r1"),
             "p": self.controller.p,
-            "r_t": self.controller.tick_r_t(),
+            "r_t": self.controller.tick_r_t(reduce=self.dist.all_reduce_sum),
             **rv,
             "mem_cpu_gb": _cpu_memory_gb(),
             "mem_gpu_gb": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,

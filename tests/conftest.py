@@ -1,0 +1,39 @@
+"""Shared test fixtures: tiny image folders and a tiny training configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_images(folder: Path, count: int, size: int | tuple[int, int] = 16, mode: str = "L", seed: int = 0) -> list[Path]:
+    """`count` smooth random images (blurred noise, so they compress and look like something)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    w, h = (size, size) if isinstance(size, int) else size
+    paths = []
+    for i in range(count):
+        channels = 3 if mode == "RGB" else 1
+        base = rng.rand(max(h // 4, 1), max(w // 4, 1), channels)
+        img = Image.fromarray((base * 255).astype(np.uint8).squeeze(-1) if channels == 1 else (base * 255).astype(np.uint8))
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        path = folder / f"img{i:04d}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    write_images(folder, 24, 16)
+    return folder

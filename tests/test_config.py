@@ -1,0 +1,73 @@
+"""Presets, the auto rules and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from ada import config
+from ada.errors import UserError
+
+
+@pytest.mark.parametrize("name", ["auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar", "tiny"])
+def test_every_preset_loads_and_validates(name):
+    cfg = config.load_preset(name)
+    cfg.data = "somewhere"
+    config.validate(cfg)
+    assert cfg.cfg == name
+
+
+def test_paper_presets_match_the_ada_paper():
+    p256 = config.load_preset("paper256")
+    assert (p256.batch, p256.model.channel_base, p256.loss.r1_gamma, p256.optim.ema_kimg) == (64, 16384, 1, 20)
+    p1024 = config.load_preset("paper1024")
+    assert (p1024.model.channel_base, p1024.optim.lr, p1024.loss.r1_gamma) == (65536, 0.002, 2)
+    cifar = config.load_preset("cifar")
+    assert (cifar.loss.pl_weight, cifar.loss.style_mixing, cifar.model.d_architecture) == (0, 0, "orig")
+
+
+def test_auto_rules_follow_the_official_formulas():
+    rules = config.auto_rules(resolution=256, gpus=1)
+    assert rules["batch"] == 16
+    assert rules["model"] == {"mbstd_group": 4, "channel_base": 16384}
+    assert rules["loss"]["r1_gamma"] == pytest.approx(0.0002 * 256**2 / 16)
+    assert rules["optim"] == {"lr": 0.0025, "ema_kimg": 5.0}
+    big = config.auto_rules(resolution=1024, gpus=8)
+    assert big["batch"] == 32 and big["model"]["channel_base"] == 32768 and big["optim"]["lr"] == 0.002
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(UserError, match="unknown preset --cfg=nope; choose one of: auto"):
+        config.load_preset("nope")
+
+
+def test_unknown_option_in_overrides_is_refused():
+    cfg = config.load_preset("tiny")
+    with pytest.raises(UserError, match="unknown option 'bogus'"):
+        config.apply_overrides(cfg, {"loss": {"bogus": 1}}, source="test")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch": 6, "gpus": 4}, "not divisible by --gpus"),
+        ({"batch": 6}, "minibatch-stddev group"),
+        ({"aug": {"target": 1.0}}, "--target=1.0 must lie strictly between 0 and 1"),
+        ({"aug": {"p": 1.5}}, "--p=1.5 must lie in"),
+        ({"aug": {"pipe": "xyz"}}, "--augpipe=xyz is not one of"),
+        ({"aug": {"mode": "always"}}, "--aug=always"),
+        ({"val": 1.0}, "--val=1.0"),
+        ({"kimg": 0}, "--kimg=0"),
+        ({"fp32": True, "bf16": True}, "contradict"),
+        ({"aug": {"p_max": 0.5, "p": 0.6}}, "exceeds --p-max"),
+    ],
+)
+def test_validation_messages(overrides, message):
+    cfg = config.load_preset("tiny")
+    cfg.data = "x"
+    config.apply_overrides(cfg, overrides, source="test")
+    with pytest.raises(UserError, match=message):
+        config.validate(cfg)
+
+
+def test_ada_step_is_per_image():
+    assert config.ada_step(batch=64, ada_interval=4, ada_kimg=500) == pytest.approx(2 * config.ada_step(32, 4, 500))
