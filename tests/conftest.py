@@ -15,7 +15,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_images(folder: Path, count: int, size: int | tuple[int, int] = 16, mode: str = "L", seed: int = 0) -> list[Path]:
+def write_images(
+    folder: Path, count: int, size: int | tuple[int, int] = 16, mode: str = "L", seed: int = 0
+) -> list[Path]:
     """`count` smooth random images (blurred noise, so they compress and look like something)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(seed)
@@ -24,7 +26,8 @@ def write_images(folder: Path, count: int, size: int | tuple[int, int] = 16, mod
     for i in range(count):
         channels = 3 if mode == "RGB" else 1
         base = rng.rand(max(h // 4, 1), max(w // 4, 1), channels)
-        img = Image.fromarray((base * 255).astype(np.uint8).squeeze(-1) if channels == 1 else (base * 255).astype(np.uint8))
+        pixels = (base * 255).astype(np.uint8)
+        img = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
         img = img.resize((w, h), Image.Resampling.BILINEAR)
         path = folder / f"img{i:04d}.png"
         img.save(path)

@@ -12,10 +12,10 @@ from PIL import Image
 
 from ada.checkpoint import load_checkpoint
 from ada.cli import main
+from ada.distributed import DistContext
 from ada.files import read_jsonl
 from ada.launch import resolve_config, split_dataset
 from ada.training import Trainer
-from ada.distributed import DistContext
 from tests.conftest import REPO, write_images
 
 TINY = ["--cfg", "tiny", "--data", "lfw-faces16", "--aug", "noaug", "--tick", "0.032", "--snap", "2"]
@@ -161,7 +161,8 @@ def test_corrupt_and_incompatible_checkpoints(tiny_run, tmp_path):
 
 def test_generate_bad_seeds(tiny_run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ada", "generate", "--network", str(tiny_run), "--seeds", "5-1", "--outdir", str(tmp_path)],
+        [sys.executable, "-m", "ada", "generate", "--network", str(tiny_run), "--seeds", "5-1",
+         "--outdir", str(tmp_path)],
         capture_output=True, text=True, cwd=REPO,
     )
     assert_clean_error(result, "--seeds")
