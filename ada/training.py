@@ -470,7 +470,10 @@ class Trainer:
             while True:
                 self.train_step(tick_stats)
                 done = self.progress.cur_nimg >= total_nimg or stop.requested
-                if not done and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
+                # Tick 0 ends after the first step, as in the official loop: a snapshot and a console
+                # line right away show that the run works.
+                first = self.progress.cur_tick == 0
+                if not done and not first and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
                 self._end_tick(tick_stats, time.time() - tick_start, final=done)
                 tick_stats = TickStats()
@@ -535,7 +538,7 @@ class Trainer:
         }
         if self.dist.rank == 0:
             self.log(format_tick(record))
-        snapshot = final or (prog.cur_tick % cfg.snap == 0 and prog.cur_tick > 0)
+        snapshot = final or prog.cur_tick % cfg.snap == 0
         if self.dist.rank == 0 and self.run_dir is not None:
             append_jsonl(self.run_dir / "stats.jsonl", record)
             prog.stats_lines += 1
