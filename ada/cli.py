@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ada.compare import compare
 from ada.errors import UserError
 
 
@@ -126,6 +127,9 @@ def dataset_command(source: str, dest: str, resolution: int, channels: str) -> N
     from ada.dataset_tool import convert
 
     convert(source, dest, resolution, None if channels == "auto" else int(channels))
+
+
+cli.add_command(compare)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

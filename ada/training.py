@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import signal
 import time
@@ -41,6 +40,8 @@ from ada.files import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.networks import Discriminator, Generator
+from ada.progress import format_tick
+from ada.tracking import Tracker
 
 # Give up when this many consecutive steps produced non-finite gradients.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -457,7 +458,18 @@ class Trainer:
     def run(self, run_dir: Path | None) -> None:
         """Train to cfg.kimg, writing into `run_dir` (rank 0; None writes nothing)."""
         self.run_dir = run_dir
+        self.start_time = time.time()
         cfg = self.cfg
+        w = cfg.wandb
+        self.tracker = (
+            Tracker.create(
+                run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
+                name=w.name, mode=w.mode, rank=self.dist.rank,
+            )
+            if run_dir is not None
+            else Tracker()
+        )
+        exit_code = 1
         total_nimg = int(cfg.kimg * 1000)
         tick_nimg = int(cfg.tick * 1000)
         stop = StopRequested()
@@ -482,8 +494,10 @@ class Trainer:
                     break
             if stop.requested:
                 self.log("Stopped on request; final snapshot written.")
+            exit_code = 0
         finally:
             stop.uninstall()
+            self.tracker.finish(exit_code=exit_code)
 
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
@@ -504,6 +518,8 @@ class Trainer:
         if self.progress.cur_nimg == 0:
             save_grid(reals.numpy(), run_dir / "reals.png", gw, gh)
             save_grid(self.generate_grid(), run_dir / "fakes_init.png", gw, gh)
+            self.tracker.log_image(0.0, "reals", run_dir / "reals.png")
+            self.tracker.log_image(0.0, "fakes_init", run_dir / "fakes_init.png")
 
     @torch.no_grad()
     def generate_grid(self) -> torch.Tensor:
@@ -537,14 +553,17 @@ class Trainer:
             "skipped_steps": prog.skipped_steps,
         }
         if self.dist.rank == 0:
-            self.log(format_tick(record))
+            self.log(format_tick(record, elapsed_s=time.time() - self.start_time))
+            self.tracker.log_tick(record)
         snapshot = final or prog.cur_tick % cfg.snap == 0
         if self.dist.rank == 0 and self.run_dir is not None:
             append_jsonl(self.run_dir / "stats.jsonl", record)
             prog.stats_lines += 1
             if snapshot:
                 kimg = prog.cur_nimg / 1000
-                save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
+                grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
+                save_grid(self.generate_grid(), grid_path, *self.grid)
+                self.tracker.log_image(kimg, "fakes", grid_path)
                 self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg))
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
@@ -584,21 +603,6 @@ def _cpu_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     except ImportError:
         return float("nan")
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
-def format_tick(r: dict[str, Any]) -> str:
-    """One console line per tick."""
-    return (
-        f"tick {r['tick']:<5d} kimg {r['kimg']:<8.1f} sec/kimg {_fmt(r['sec_per_kimg'], '<7.2f')} "
-        f"p {_fmt(r['p'], '.3f')} r_t {_fmt(r['r_t'], '.3f')} r_v {_fmt(r['r_v'], '.3f')} "
-        f"G {_fmt(r['loss_G'], '.3f')} D {_fmt(r['loss_D'], '.3f')} "
-        f"cpumem {_fmt(r['mem_cpu_gb'], '.2f')}G gpumem {_fmt(r['mem_gpu_gb'], '.2f')}G"
-        + (f" skipped {r['skipped_steps']}" if r["skipped_steps"] else "")
-    )
 
 
 def environment_setup(cfg: TrainConfig) -> None:
