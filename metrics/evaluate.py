@@ -164,6 +164,7 @@ def _compute(
     return [precision, recall]
 
 
+@torch.no_grad()
 def evaluate(
     metrics: str | Sequence[str] | Sequence[MetricSpec],
     generator: Generator,

@@ -98,8 +98,9 @@ class InceptionFeatures(FeatureNet):
 
     def __init__(self, net: FIDInceptionV3, name: str = INCEPTION_NAME):
         super().__init__()
-        self.net = net.eval().requires_grad_(False)
+        self.net = net
         self.name = name
+        self.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -113,6 +114,7 @@ class TorchScriptFeatures(FeatureNet):
         super().__init__()
         self.module = module
         self.name = name
+        self.eval()
         # NVIDIA's metric networks (inception-2015-12-05.pt, vgg16.pt) give features on request.
         self.kwargs = {"return_features": True} if _forward_takes(module, "return_features") else {}
 
@@ -135,8 +137,9 @@ def inception_from_state_dict(
     state_dict: dict[str, torch.Tensor], name: str = INCEPTION_NAME
 ) -> InceptionFeatures:
     """Inception with the given pytorch-fid-named tensors (strict: every key and shape must match)."""
-    net = FIDInceptionV3()
-    net.load_state_dict(state_dict)
+    with torch.device("meta"):  # no point initialising 24M parameters that are overwritten at once
+        net = FIDInceptionV3()
+    net.load_state_dict(state_dict, assign=True)
     return InceptionFeatures(net, name=name)
 
 

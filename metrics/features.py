@@ -7,6 +7,7 @@ all-gathered and interleaved back into dataset order. At world_size 1 nothing is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -167,6 +168,16 @@ def real_features(
     return stats
 
 
+@contextlib.contextmanager
+def seeded_global_rng(rng: torch.Generator, device: torch.device) -> Iterator[None]:
+    """G draws its per-layer noise from torch's global RNG. Run it inside a forked global RNG seeded
+    from ``rng``: the same seed gives the same number twice, and the caller's RNG stream is untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+        yield
+
+
 def eval_copy(generator: Generator, device: torch.device) -> Generator:
     """A frozen copy of G in eval mode: metrics must not update w_avg or touch the caller's G."""
     return copy.deepcopy(generator).eval().requires_grad_(False).to(device)
@@ -195,7 +206,8 @@ def generated_features(
     """
     stats = FeatureStats(num_items, capture_all=True)
     per_rank = math.ceil(num_items / world_size)
-    with progress_bar(num_items, "generator features", progress and rank == 0) as bar:
+    with progress_bar(num_items, "generator features", progress and rank == 0) as bar, \
+            seeded_global_rng(rng, device):
         for start in range(0, per_rank, batch_size):
             b = min(batch_size, per_rank - start)
             z = torch.randn([b, generator.z_dim], generator=rng)

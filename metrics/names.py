@@ -81,8 +81,10 @@ def parse_metric_name(name: str) -> MetricSpec:
     spec = _parse(name.strip())
     if spec is None:
         raise ValueError(f"unknown metric {name.strip()!r}: valid forms are {VALID_FORMS}")
+    if spec.nhood_size < 1:
+        raise ValueError(f"metric {spec.name!r} asks for {spec.nhood_size} neighbours; K must be at least 1")
     least = {"fid": 2, "kid": 2, "pr": spec.nhood_size + 1, "is": spec.num_splits, "ppl": 2}[spec.kind]
-    if spec.num_gen < least or spec.nhood_size < 1:
+    if spec.num_gen < least:
         raise ValueError(f"metric {spec.name!r} is too small: it needs at least {least} samples")
     return spec
 

@@ -17,7 +17,7 @@ import torch
 
 from .data import Generator, LabelSampler
 from .feature_nets import PPLDistance
-from .features import eval_copy, gather_rows, progress_bar, to_rgb
+from .features import eval_copy, gather_rows, progress_bar, seeded_global_rng, to_rgb
 from .names import MetricSpec
 
 
@@ -67,7 +67,8 @@ def path_lengths(
     eps = spec.epsilon
     out = []
     per_rank = math.ceil(spec.num_gen / world_size)
-    with progress_bar(spec.num_gen, f"{spec.name} samples", progress and rank == 0) as bar:
+    with progress_bar(spec.num_gen, f"{spec.name} samples", progress and rank == 0) as bar, \
+            seeded_global_rng(rng, device):
         for start in range(0, per_rank, batch_size):
             b = min(batch_size, per_rank - start)
             t = torch.rand([b], generator=rng) * (1.0 if spec.sampling == "full" else 0.0)
