@@ -31,32 +31,25 @@ FEATURE_DIM = 2048
 NUM_CLASSES = 1008  # the TF graph's softmax has 1008 outputs (1000 ImageNet classes plus unused slots)
 
 
-def tf1_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in] matrix of TF1 ``resize_bilinear`` (align_corners=False, half_pixel_centers=False).
-
-    Output index j reads input coordinate s = j * n_in / n_out and blends pixels floor(s) and
-    floor(s) + 1 (clamped to the last pixel) by the fractional part.
-    """
+def tf1_sample_points(n_in: int, n_out: int) -> torch.Tensor:
+    """Where TF1 ``resize_bilinear`` (align_corners=False, half_pixel_centers=False) samples, in
+    grid_sample's normalised coordinates: output j reads input pixel coordinate j * n_in / n_out."""
     src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
-    lo = src.floor().long()
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = src - lo
-    rows = torch.arange(n_out)
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    m.index_put_((rows, lo), 1 - frac, accumulate=True)
-    m.index_put_((rows, hi), frac, accumulate=True)
-    return m
+    return (2 * src + 1) / n_in - 1  # grid_sample(align_corners=False) puts pixel i's centre at i + 0.5
 
 
 def resize_like_tf1(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Bilinear resize of float images [N, C, H, W] to size x size the way the TF graph does it."""
-    _, _, h, w = x.shape
+    """Bilinear resize of float images [N, C, H, W] to size x size the way the TF graph does it.
+
+    Past the last pixel TF1 repeats it, which is grid_sample's border padding. The result equals
+    NVIDIA's port (a shifted affine grid) up to float32 rounding of the sample coordinates.
+    """
+    n, _, h, w = x.shape
     if (h, w) == (size, size):
         return x
-    mh = tf1_resize_matrix(h, size).to(device=x.device, dtype=x.dtype)
-    mw = tf1_resize_matrix(w, size).to(device=x.device, dtype=x.dtype)
-    # The resize is separable: rows then columns, two small matrix products.
-    return torch.einsum("oh,nchw,pw->ncop", mh, x, mw)
+    gx, gy = torch.meshgrid(tf1_sample_points(w, size), tf1_sample_points(h, size), indexing="xy")
+    grid = torch.stack([gx, gy], dim=-1).to(device=x.device, dtype=x.dtype).expand(n, -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class ConvBN(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 
 import metrics
 from metrics import feature_nets
-from metrics.inception import FIDInceptionV3, state_dict_from_nvidia_names, tf1_resize_matrix
+from metrics.inception import FIDInceptionV3, resize_like_tf1, state_dict_from_nvidia_names
 from metrics.torchscript_tensors import read_torchscript_tensors
 
 
@@ -94,17 +94,36 @@ def test_inception_rejects_images_without_three_channels(random_inception):
         random_inception(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
 
 
-def test_tf1_resize_matrix_samples_at_j_times_in_over_out():
+def test_tf1_resize_samples_at_j_times_in_over_out():
+    a, b, c, d = 10.0, 20.0, 40.0, 80.0
+    x = torch.tensor([a, b, c, d]).repeat(4, 1)[None, None]  # constant columns
     # 4 -> 8: output j reads input j / 2, the last one clamps at the border.
-    expected = torch.tensor([
-        [1, 0, 0, 0], [.5, .5, 0, 0], [0, 1, 0, 0], [0, .5, .5, 0],
-        [0, 0, 1, 0], [0, 0, .5, .5], [0, 0, 0, 1], [0, 0, 0, 1],
-    ], dtype=torch.float64)
-    torch.testing.assert_close(tf1_resize_matrix(4, 8), expected)
-    # 8 -> 4 reads inputs 0, 2, 4, 6 (no averaging, unlike half-pixel resizing).
-    torch.testing.assert_close(tf1_resize_matrix(8, 4), torch.eye(8, dtype=torch.float64)[::2])
-    torch.testing.assert_close(tf1_resize_matrix(299, 299), torch.eye(299, dtype=torch.float64))
-    assert torch.allclose(tf1_resize_matrix(32, 299).sum(1), torch.ones(299, dtype=torch.float64))
+    row = [a, (a + b) / 2, b, (b + c) / 2, c, (c + d) / 2, d, d]
+    torch.testing.assert_close(resize_like_tf1(x, size=8), torch.tensor(row).repeat(8, 1)[None, None])
+    torch.testing.assert_close(resize_like_tf1(x.transpose(2, 3), size=8),
+                               torch.tensor(row).repeat(8, 1).T[None, None])
+    # 4 -> 2 reads inputs 0 and 2 (no averaging, unlike half-pixel resizing).
+    torch.testing.assert_close(resize_like_tf1(x, size=2), torch.tensor([a, c]).repeat(2, 1)[None, None])
+    same = torch.rand(1, 3, 299, 299)
+    assert torch.equal(resize_like_tf1(same), same)
+
+
+def nvidia_resize(x, size=299):
+    """NVIDIA's TorchScript Inception resizes with a shifted affine grid and grid_sample."""
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
+    grid = torch.nn.functional.affine_grid(theta.repeat(n, 1, 1), [n, c, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+@pytest.mark.parametrize("res", [16, 32, 300, 512])
+def test_tf1_resize_equals_nvidias_grid_sample_resize(res):
+    x = torch.randint(0, 256, (2, 3, res, res)).float()
+    # Equal up to float32 rounding of grid_sample's coordinates (a few 1e-4 of a pixel).
+    torch.testing.assert_close(resize_like_tf1(x), nvidia_resize(x), rtol=0, atol=0.02)
 
 
 class Holder(nn.Module):
