@@ -185,6 +185,8 @@ def evaluate(
 ) -> list[MetricResult]:
     """Compute ``metrics`` for ``generator`` against ``reals``; one :class:`MetricResult` per metric.
 
+    With several ranks (``torch.distributed`` initialised by the caller), every rank calls this with
+    its ``rank`` and gets the same results; ``cache_dir`` must then be on a file system all ranks see.
     Every input is checked before any work starts: a missing feature network or PPL distance raises
     :class:`FeatureNetUnavailable`, bad data (none, empty, wrong resolution or channels, missing
     labels for a conditional G) raises ValueError, each with a one-line message.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .inception import FIDInceptionV3, state_dict_from_nvidia_names
 from .torchscript_tensors import read_torchscript_tensors
@@ -122,7 +123,7 @@ class TorchScriptFeatures(FeatureNet):
         out = self.module(images, **self.kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
+            raise FeatureNetUnavailable(
                 f"--features network {self.name} returned {shape} for {images.shape[0]} images; "
                 "it must map uint8 images [N, 3, H, W] to features [N, D]"
             )
@@ -143,29 +144,30 @@ def inception_from_state_dict(
     return InceptionFeatures(net, name=name)
 
 
-def _not_found_message(searched: list[str]) -> str:
+def _not_found_message(cache: Path) -> str:
     w = PYTORCH_FID_WEIGHTS
     return (
-        f"no Inception weights found (looked in: {', '.join(searched)}); download {w.url} and put "
-        f"{w.file_name} in {default_cache_dir()} or set {WEIGHTS_ENV}=PATH, or give --features PATH "
+        f"no Inception weights found (no ${WEIGHTS_ENV}, nothing in {cache}); download {w.url} and put "
+        f"{w.file_name} in {cache} or set {WEIGHTS_ENV}=PATH, or give --features PATH "
         "(a TorchScript feature network)"
     )
 
 
 def find_inception_weights(path: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
     """The weights file: ``path``, else ``$ADA_INCEPTION_WEIGHTS``, else a known name in the cache dir."""
-    if path is None:
-        path = os.environ.get(WEIGHTS_ENV) or None
+    origin = "Inception weights file"
+    if path is None and os.environ.get(WEIGHTS_ENV):
+        path, origin = os.environ[WEIGHTS_ENV], f"${WEIGHTS_ENV}:"
     if path is not None:
         if not Path(path).is_file():
-            raise FeatureNetUnavailable(f"Inception weights file {path} does not exist")
+            raise FeatureNetUnavailable(f"{origin} {path} does not exist")
         return Path(path)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     for known in KNOWN_INCEPTION_FILES:
         candidate = cache / known.file_name
         if candidate.is_file():
             return candidate
-    raise FeatureNetUnavailable(_not_found_message([f"${WEIGHTS_ENV}", str(cache)]))
+    raise FeatureNetUnavailable(_not_found_message(cache))
 
 
 def identify_weights(path: str | Path) -> WeightsFile:
@@ -183,8 +185,6 @@ def identify_weights(path: str | Path) -> WeightsFile:
 
 def download_inception_weights(cache_dir: str | Path | None = None, timeout: float = 30.0) -> Path:
     """Download pytorch-fid's weights into the cache dir with a progress bar, verifying the SHA-256."""
-    from tqdm import tqdm
-
     w = PYTORCH_FID_WEIGHTS
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,6 @@ def generated_features(
     device: torch.device,
     batch_size: int = 64,
     noise_mode: str = "random",
-    truncation_psi: float = 1.0,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
@@ -212,8 +211,8 @@ def generated_features(
             b = min(batch_size, per_rank - start)
             z = torch.randn([b, generator.z_dim], generator=rng)
             c = labels(b)
-            images = quantize(generator(z.to(device), c.to(device), truncation_psi=truncation_psi,
-                                        noise_mode=noise_mode))
+            # Metrics are defined on the untruncated distribution.
+            images = quantize(generator(z.to(device), c.to(device), truncation_psi=1, noise_mode=noise_mode))
             features = net(to_rgb(images))
             stats.append(gather_rows(features, world_size))
             bar.update(min(b * world_size, num_items - bar.n))

@@ -344,7 +344,7 @@ def test_a_features_network_with_the_wrong_output_shape_is_named(tmp_path):
 
     path = tmp_path / "spatial.pt"
     torch.jit.script(Spatial()).save(str(path))
-    message = one_line_error(ValueError, metrics.evaluate, "fid10", TinyG(), reals_of(10),
+    message = one_line_error(metrics.FeatureNetUnavailable, metrics.evaluate, "fid10", TinyG(), reals_of(10),
                              feature_net=metrics.load_feature_net(path))
     assert "spatial" in message and "[N, D]" in message
 
@@ -378,3 +378,28 @@ def test_official_lpips_networks_are_called_the_official_way():
     distance = metrics.lpips_style_distance(torch.jit.script(Official()))
     a, b = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     torch.testing.assert_close(distance(a, b), torch.full((2,), 48 / 1e4))
+
+
+def _two_rank_worker(rank, tmp, features_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    try:
+        net = metrics.load_feature_net(features_path)
+        reals = reals_of(37)  # odd, so the shards wrap around
+        stats = real_features(reals, net, max_items=None, capture_all=True, device=torch.device("cpu"),
+                              batch_size=8, rank=rank, world_size=2)
+        np.save(f"{tmp}/real{rank}.npy", stats.all())
+        torch.manual_seed(0)
+        results = metrics.evaluate("fid30_full,kid20", TinyG(), reals, feature_net=net, batch_size=8,
+                                   rank=rank, world_size=2)
+        (tmp / f"results{rank}.json").write_text(json.dumps([r.results for r in results]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_shard_and_gather_like_one(tmp_path, features_path, net):
+    torch.multiprocessing.spawn(_two_rank_worker, args=(tmp_path, features_path), nprocs=2)
+    single = real_features(reals_of(37), net, max_items=None, capture_all=True, device=torch.device("cpu"))
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"real{rank}.npy"), single.all(), rtol=1e-5, atol=1e-6)
+    rank0, rank1 = (json.loads((tmp_path / f"results{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1 and np.isfinite(rank0[0]["fid30_full"])

@@ -304,6 +304,13 @@ def test_missing_weights_say_where_to_get_them(no_weights_env, tmp_path):
         metrics.load_feature_net(inception_weights=tmp_path / "nope.pth")
 
 
+def test_a_weights_variable_pointing_nowhere_is_named(no_weights_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(feature_nets.WEIGHTS_ENV, str(tmp_path / "moved.pth"))
+    message = r"\$ADA_INCEPTION_WEIGHTS: .*moved.pth does not exist"
+    with pytest.raises(metrics.FeatureNetUnavailable, match=message):
+        metrics.load_feature_net(allow_download=True)  # an explicit choice is never replaced by a download
+
+
 def test_weights_with_the_wrong_hash_are_refused(no_weights_env, tmp_path):
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save({"fc.weight": torch.zeros(2)}, path)
