@@ -227,10 +227,18 @@ def load_inception(
         path = download_inception_weights(cache_dir)
     known = identify_weights(path)
     if known.layout == "state_dict":
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    else:
+        return inception_from_state_dict(torch.load(path, map_location="cpu", weights_only=True)).to(device)
+    try:
+        # Read after the layout of NVIDIA's port as published third-party code describes it; the
+        # file itself was not available to check against, so a mismatch ends here, in one line.
         state_dict = state_dict_from_nvidia_names(read_torchscript_tensors(path))
-    return inception_from_state_dict(state_dict).to(device)
+        return inception_from_state_dict(state_dict).to(device)
+    except (ValueError, RuntimeError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FeatureNetUnavailable(
+            f"cannot map the tensors of {path} onto the FID Inception ({first_line}); use "
+            f"{PYTORCH_FID_WEIGHTS.file_name} from {PYTORCH_FID_WEIGHTS.url} instead"
+        ) from None
 
 
 def _load_script(path: str | Path, device: str | torch.device, flag: str) -> torch.jit.ScriptModule:

@@ -293,6 +293,15 @@ def test_nvidia_torchscript_file_loads_without_running_it(no_weights_env, monkey
     assert_holds(metrics.load_inception(path), state_dict_from_nvidia_names(nv))
 
 
+def test_an_nvidia_file_of_another_layout_is_refused_in_one_line(no_weights_env, monkeypatch, tmp_path):
+    path = tmp_path / "inception-2015-12-05.pt"
+    scripted_tree({"layers.conv.weight": torch.zeros(32, 3, 3, 3), "layers.other.gamma": torch.ones(3)}).save(
+        str(path))
+    register_as_known(monkeypatch, path, "nvidia_torchscript")
+    with pytest.raises(metrics.FeatureNetUnavailable, match="cannot map .*layers.other.gamma.*pt_inception"):
+        metrics.load_inception(path)
+
+
 def test_missing_weights_say_where_to_get_them(no_weights_env, tmp_path):
     with pytest.raises(metrics.FeatureNetUnavailable) as err:
         metrics.load_feature_net()
