@@ -201,7 +201,8 @@ class LinearSynthesis(nn.Module):
         super().__init__()
         self.res = res
         self.register_buffer("q", q)
-        self.register_buffer("noise_const", torch.randn(res, res))
+        # Small, so that float32 rounding of image + noise stays far below the eps-sized steps.
+        self.register_buffer("noise_const", torch.randn(res, res) * 1e-3)
 
     def forward(self, ws, noise_mode="random"):
         assert noise_mode == "const"
@@ -236,6 +237,18 @@ def test_ppl_of_a_linear_generator_matches_theory():
     truncated = scipy.integrate.quad(lambda x: x * scipy.stats.chi2.pdf(x, 8), lo, hi)[0] / 0.98
     assert result.results["ppl2_wend_2k"] == pytest.approx(c * truncated, rel=0.05)
     assert torch.equal(G.synthesis.noise_const, noise_before)  # the caller's G is untouched
+
+
+def test_ppl_in_z_space_follows_the_great_circle():
+    scale = 0.1
+    (result,) = metrics.evaluate("ppl2_zend_2k", LinearG(scale), None, ppl_distance=squared_l2, batch_size=64)
+    # At t = 0 slerp moves the unit vector z0/|z0| towards z1/|z1| at speed theta, the angle between
+    # them; so one sample is 3 channels * (127.5 s)^2 * 2 layers * theta^2.
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(2, 200_000, 8))
+    cos = (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
+    expected = formulas.filtered_mean(3 * (127.5 * scale) ** 2 * 2 * np.arccos(cos) ** 2)
+    assert result.results["ppl2_zend_2k"] == pytest.approx(expected, rel=0.05)
 
 
 def test_ppl_images_crop_downsample_and_scale():
