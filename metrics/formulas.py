@@ -36,7 +36,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
     tr((S1 S2)^(1/2)) is the sum of square roots of the eigenvalues of S1 S2, which equal those of
     the symmetric PSD matrix S2^(1/2) S1 S2^(1/2). Taking them from that symmetric matrix is the
-    same quantity the official scipy.linalg.sqrtm computes, about 3x faster at 2048-d (see
+    same quantity the official scipy.linalg.sqrtm computes, 2-3x faster at 1024-2048-d (see
     benchmarks/metric_speed.py), and
     exact (FID of a set with itself is 0) on singular covariances (fewer samples than dimensions),
     where sqrtm's rounding leaves an error of about 1e-4 at 2048-d.
