@@ -36,6 +36,7 @@ from ada.controller import AdaController
 from ada.data import ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
+from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
 from ada.files import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
@@ -209,10 +210,13 @@ class Trainer:
         val_set: ImageDataset | None,
         dist: DistContext,
         log: Callable[[str], None] = print,
+        eval_set: ImageDataset | None = None,
     ):
         self.cfg = cfg
         self.train_set = train_set
         self.val_set = val_set
+        # Metrics compare against every real image, as the official code does.
+        self.eval_set = eval_set if eval_set is not None else train_set
         self.dist = dist
         self.device = dist.device
         self.run_dir: Path | None = None
@@ -469,6 +473,9 @@ class Trainer:
             if run_dir is not None
             else Tracker()
         )
+        self.metric_suite = (
+            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say) if cfg.metrics else None
+        )
         exit_code = 1
         total_nimg = int(cfg.kimg * 1000)
         tick_nimg = int(cfg.tick * 1000)
@@ -559,16 +566,31 @@ class Trainer:
         if self.dist.rank == 0 and self.run_dir is not None:
             append_jsonl(self.run_dir / "stats.jsonl", record)
             prog.stats_lines += 1
-            if snapshot:
-                kimg = prog.cur_nimg / 1000
+        if snapshot:
+            kimg = prog.cur_nimg / 1000
+            name = ckpt_io.snapshot_name(kimg)
+            if self.dist.rank == 0 and self.run_dir is not None:
                 grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
                 save_grid(self.generate_grid(), grid_path, *self.grid)
                 self.tracker.log_image(kimg, "fakes", grid_path)
-                self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg))
+                self.save_snapshot(self.run_dir / name)
+            self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def evaluate_metrics(self, snapshot: str, kimg: float) -> None:
+        """Every rank takes part; rank 0 writes metric-NAME.jsonl, the console line and wandb."""
+        if self.metric_suite is None or not self.metric_suite.specs:
+            return
+        reals = MetricReals(self.eval_set, self.cfg.data)
+        results = self.metric_suite.evaluate(self.G_ema, reals, self.dist.rank, self.dist.world_size)
+        if self.dist.rank == 0 and self.run_dir is not None:
+            write_results(results, self.run_dir, snapshot, kimg)
+            self.log(f"metrics at {kimg:.1f} kimg: {format_results(results)}")
+            for result in results:
+                self.tracker.log_metric(kimg, dict(result.results))
 
     def checkpoint_state(self) -> dict[str, Any]:
         opt_D = next(p for p in self.phases if p.name == "Dmain").opt
