@@ -576,3 +576,22 @@ def test_format_tick_is_one_line_with_values_and_without_nulls() -> None:
     assert "gpu" not in line and "None" not in line
     first = format_tick(TICKS[0])
     assert "r_t" not in first and "skipped" not in first
+
+
+# ----------------------------------------------------------------------------- through training
+
+
+def test_a_training_run_logs_its_config_and_ticks_to_wandb(tmp_path: Path, wandb_env: Path) -> None:
+    from ada.cli import main
+
+    main(["train", "--cfg", "tiny", "--data", "lfw-faces16", "--aug", "fixed", "--p", "0.2", "--kimg", "0.048",
+          "--tick", "0.032", "--outdir", str(tmp_path / "runs"), "--wandb-project", "ada-e2e", "--metrics", "none"])
+    run_dir = next((tmp_path / "runs").iterdir())
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    run = wandb_run_contents(wandb_env)
+    assert run["run"].project == "ada-e2e" and run["run"].run_group == "lfw-faces16"
+    assert run["config"]["aug.mode"] == "fixed" and run["config"]["aug.p"] == 0.2
+    ticks = [row for row in run["history"] if "train/loss_G" in row]
+    assert [row["kimg"] for row in ticks] == [s["kimg"] for s in stats]
+    assert [row["train/p"] for row in ticks] == [s["p"] for s in stats]
+    assert any(key.startswith("images/") for row in run["history"] for key in row)
