@@ -5,6 +5,10 @@ bilinearly at the warped positions of a 2x output grid, and low-passed and decim
 size. The wavelet is orthonormal, so upsampling followed by downsampling is exactly the identity:
 warping by the identity map returns the input up to rounding.
 
+Maps that only move whole pixels (flips, quarter turns, integer shifts) are applied exactly by
+`blit` instead: sym6 is not symmetric, so resampling a mirrored image shifts it by a fraction of a
+pixel, which a pixel copy avoids.
+
 The separable filtering steps are linear maps along one image axis (see augment.axis): dense
 matrices with reflection, upsampling and cropping folded in for small images, strided (transposed)
 convolutions for large ones.
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from augment.axis import DENSE_MAX_SIZE, reflect_index
+from augment.matrices import compose
 from augment.wavelets import SYM6
 
 
@@ -84,7 +89,7 @@ def _margins(g_inv: Tensor, height: int, width: int, q: int) -> tuple[int, int, 
     """Reflection padding (left, right, top, bottom) that covers every sample position plus the filter."""
     cx, cy = (width - 1) / 2, (height - 1) / 2
     corners = _const([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], g_inv)
-    xy = (g_inv @ corners)[:, :2, :]
+    xy = compose(g_inv, corners)[:, :2, :]
     low = (-xy).amax(dim=(0, 2)) + _const([2 * q - cx, 2 * q - cy], g_inv)
     high = xy.amax(dim=(0, 2)) + _const([2 * q - cx, 2 * q - cy], g_inv)
     limit = _const([width - 1, height - 1], g_inv)
@@ -93,6 +98,44 @@ def _margins(g_inv: Tensor, height: int, width: int, q: int) -> tuple[int, int, 
     x0, y0 = (int(v) for v in low.tolist())
     x1, y1 = (int(v) for v in high.tolist())
     return x0, x1, y0, y1
+
+
+def _source_positions(g_inv: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Input (x, y) pixel positions, from the top-left pixel, that each output pixel reads: [N, H, W] each."""
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    x = torch.arange(width, dtype=g_inv.dtype, device=g_inv.device) - cx
+    y = torch.arange(height, dtype=g_inv.dtype, device=g_inv.device) - cy
+    a = g_inv[:, :2, :, None, None]
+    sx = a[:, 0, 0] * x + a[:, 0, 1] * y[:, None] + a[:, 0, 2] + cx
+    sy = a[:, 1, 0] * x + a[:, 1, 1] * y[:, None] + a[:, 1, 2] + cy
+    return sx, sy
+
+
+def is_blit(g_inv: Tensor, height: int, width: int) -> Tensor:
+    """Which maps move whole pixels (flips, quarter turns, integer shifts), bool [N].
+
+    That is: the linear part is a signed permutation and the top-left output pixel reads an
+    input pixel centre (then every output pixel does).
+    """
+    linear = g_inv[:, :2, :2]
+    permutation = ((linear == linear.round()).flatten(1).all(dim=1)
+                   & (linear.abs().sum(dim=1) == 1).all(dim=1) & (linear.abs().sum(dim=2) == 1).all(dim=1))
+    centre = g_inv.new_tensor([(width - 1) / 2, (height - 1) / 2])
+    corner = (linear * -centre).sum(dim=2) + g_inv[:, :2, 2] + centre
+    return permutation & (corner == corner.round()).all(dim=1)
+
+
+def blit(images: Tensor, g_inv: Tensor) -> Tensor:
+    """Exact warp for maps that move whole pixels (see is_blit): each output pixel copies one input pixel.
+
+    Positions outside the image read its reflection, as the resampling path does.
+    """
+    n, c, height, width = images.shape
+    sx, sy = _source_positions(g_inv.to(torch.float64), height, width)
+    ix = reflect_index(sx.round().long(), width)
+    iy = reflect_index(sy.round().long(), height)
+    index = (iy * width + ix).view(n, 1, height * width).expand(-1, c, -1)
+    return images.flatten(2).gather(2, index).view(n, c, height, width)
 
 
 def resample(images: Tensor, g_inv: Tensor, dense: bool | None = None) -> Tensor:
@@ -122,13 +165,13 @@ def resample(images: Tensor, g_inv: Tensor, dense: bool | None = None) -> Tensor
     shift = _const([[1, 0, (x0 - x1) / 2], [0, 1, (y0 - y1) / 2], [0, 0, 1]], images)
     to_fine = _const([[2, 0, -0.5], [0, 2, -0.5], [0, 0, 1]], images)
     from_fine = _const([[0.5, 0, 0.25], [0, 0.5, 0.25], [0, 0, 1]], images)
-    g_fine = to_fine @ shift @ g_inv @ from_fine
+    g_fine = compose(compose(compose(to_fine, shift), g_inv), from_fine)
 
     grid_h, grid_w = 2 * (height + 2 * q), 2 * (width + 2 * q)
     # affine_grid works in [-1, 1] units of each image's extent.
     to_unit = _const([[2 / up.shape[3], 0, 0], [0, 2 / up.shape[2], 0], [0, 0, 1]], images)
     from_unit = _const([[grid_w / 2, 0, 0], [0, grid_h / 2, 0], [0, 0, 1]], images)
-    theta = (to_unit @ g_fine @ from_unit)[:, :2, :]
+    theta = compose(compose(to_unit, g_fine), from_unit)[:, :2, :]
     grid = F.affine_grid(theta, [n, c, grid_h, grid_w], align_corners=False)
     warped = F.grid_sample(up, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

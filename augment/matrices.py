@@ -11,6 +11,15 @@ import torch
 from torch import Tensor
 
 
+def compose(a: Tensor, b: Tensor) -> Tensor:
+    """Matrix product a @ b of (batches of) tiny matrices.
+
+    Written as a broadcast multiply and sum: for 3x3 and 4x4 matrices a BLAS call costs far more
+    than its arithmetic, and its worker threads stall when other processes share the cores.
+    """
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
+
+
 def _identity(n: int, size: int, like: Tensor) -> Tensor:
     return torch.eye(size, dtype=like.dtype, device=like.device).repeat(n, 1, 1)
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from augment import matrices, sampling
 from augment.color import apply_color
-from augment.geometric import resample
+from augment.geometric import blit, is_blit, resample
 from augment.imgfilter import band_filter
 from augment.wavelets import BAND_POWER, SYM2, band_filters
 
@@ -96,7 +96,8 @@ class AugmentPipe(torch.nn.Module):
     multiplier, in the order blit (xflip, rotate90, xint), geom (scale, rotate, aniso, xfrac),
     color (brightness, contrast, lumaflip, hue, saturation), filter (imgfilter), noise, cutout.
     The geometric transforms compose into one map per image, resampled once with reflection
-    padding and wavelet anti-aliasing; the colour transforms compose into one colour matrix.
+    padding and wavelet anti-aliasing (a map that only moves whole pixels, such as a flip alone,
+    is applied as an exact pixel copy); the colour transforms compose into one colour matrix.
     Images that draw no transform of a group pass it unchanged, bit for bit, so p = 0 is the
     identity.
 
@@ -193,32 +194,32 @@ class AugmentPipe(torch.nn.Module):
             g = torch.eye(3, device=device).repeat(n, 1, 1)
             if s["xflip"] > 0:
                 flip = draws["xflip"] = sampling.coin(n, prob["xflip"], rng)
-                g = g @ matrices.scale2d(1 - 2 * flip, torch.ones_like(flip))
+                g = matrices.compose(g, matrices.scale2d(1 - 2 * flip, torch.ones_like(flip)))
             if s["rotate90"] > 0:
                 k = draws["rotate90"] = sampling.quarter_turns(n, prob["rotate90"], rng)
-                g = g @ matrices.quarter_turns(k, g)
+                g = matrices.compose(g, matrices.quarter_turns(k, g))
             if s["xint"] > 0:
                 shift = sampling.uniform((n, 2), prob["xint"], self.xint_max, rng)
                 shift = draws["xint"] = torch.round(shift * size)
-                g = g @ matrices.translate2d(-shift)
+                g = matrices.compose(g, matrices.translate2d(-shift))
             if s["scale"] > 0:
                 factor = draws["scale"] = sampling.lognormal2(n, prob["scale"], self.scale_std, rng)
-                g = g @ matrices.scale2d(1 / factor, 1 / factor)
+                g = matrices.compose(g, matrices.scale2d(1 / factor, 1 / factor))
             # Rotating both before and after the anisotropic scaling also turns its axes at random.
             rotation_prob = sampling.rotation_prob(prob["rotate"])
             max_angle = math.pi * self.rotate_max
             if s["rotate"] > 0:
                 theta = draws["rotate_pre"] = sampling.uniform((n,), rotation_prob, max_angle, rng)
-                g = g @ matrices.rotate2d(torch.cos(theta), torch.sin(theta))
+                g = matrices.compose(g, matrices.rotate2d(torch.cos(theta), torch.sin(theta)))
             if s["aniso"] > 0:
                 factor = draws["aniso"] = sampling.lognormal2(n, prob["aniso"], self.aniso_std, rng)
-                g = g @ matrices.scale2d(1 / factor, factor)
+                g = matrices.compose(g, matrices.scale2d(1 / factor, factor))
             if s["rotate"] > 0:
                 theta = draws["rotate_post"] = sampling.uniform((n,), rotation_prob, max_angle, rng)
-                g = g @ matrices.rotate2d(torch.cos(theta), torch.sin(theta))
+                g = matrices.compose(g, matrices.rotate2d(torch.cos(theta), torch.sin(theta)))
             if s["xfrac"] > 0:
                 shift = draws["xfrac"] = sampling.normal((n, 2), prob["xfrac"], self.xfrac_std, rng) * size
-                g = g @ matrices.translate2d(-shift)
+                g = matrices.compose(g, matrices.translate2d(-shift))
             params.geom = g
 
         if self._uses(GROUPS["color"]):
@@ -228,20 +229,20 @@ class AugmentPipe(torch.nn.Module):
             c = torch.eye(4, device=device).repeat(n, 1, 1)
             if s["brightness"] > 0:
                 offset = sampling.normal((n,), prob["brightness"], self.brightness_std, rng)
-                c = matrices.brightness3d(offset) @ c
+                c = matrices.compose(matrices.brightness3d(offset), c)
                 draws["brightness"] = offset
             if s["contrast"] > 0:
                 factor = draws["contrast"] = sampling.lognormal2(n, prob["contrast"], self.contrast_std, rng)
-                c = matrices.contrast3d(factor) @ c
+                c = matrices.compose(matrices.contrast3d(factor), c)
             if s["lumaflip"] > 0:
                 flip = draws["lumaflip"] = sampling.coin(n, prob["lumaflip"], rng)
-                c = matrices.lumaflip3d(flip) @ c
+                c = matrices.compose(matrices.lumaflip3d(flip), c)
             if s["hue"] > 0 and channels == 3:
                 theta = draws["hue"] = sampling.uniform((n,), prob["hue"], math.pi * self.hue_max, rng)
-                c = matrices.hue3d(theta) @ c
+                c = matrices.compose(matrices.hue3d(theta), c)
             if s["saturation"] > 0 and channels == 3:
                 factor = sampling.lognormal2(n, prob["saturation"], self.saturation_std, rng)
-                c = matrices.saturation3d(factor) @ c
+                c = matrices.compose(matrices.saturation3d(factor), c)
                 draws["saturation"] = factor
             params.color = c
 
@@ -262,7 +263,11 @@ class AugmentPipe(torch.nn.Module):
     def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
         """Applies drawn parameters to images; differentiable with respect to images."""
         if params.geom is not None:
-            images = _on_subset(images, _changed(params.geom), resample, params.geom)
+            changed = _changed(params.geom)
+            whole_pixels = is_blit(params.geom, *images.shape[2:])
+            # Pure pixel moves are copied exactly; everything else is resampled once.
+            images = _on_subset(images, changed & whole_pixels, blit, params.geom)
+            images = _on_subset(images, changed & ~whole_pixels, resample, params.geom)
         if params.color is not None:
             changed = _changed(params.color)
             if bool(changed.any()):
