@@ -14,8 +14,8 @@ def band_filter(images: Tensor, gains: Tensor, bank: Tensor, dense: bool | None 
     kornia's separable convolution (False, needs sides longer than T // 2); None picks by size.
     """
     n, c, height, width = images.shape
-    bank = bank.to(images.dtype)
-    gains = gains.to(images.dtype)
+    bank = bank.to(device=images.device, dtype=images.dtype)
+    gains = gains.to(device=images.device, dtype=images.dtype)
     if dense is None:
         dense = max(height, width) <= DENSE_MAX_SIZE
     if not dense:
