@@ -43,6 +43,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 TRAIN_FIELDS = {
     "outdir": "outdir", "gpus": "gpus", "snap": "snap", "seed": "seed", "data": "data", "cond": "cond",
     "subset": "subset", "mirror": "mirror", "gamma": "loss.r1_gamma", "kimg": "kimg", "batch": "batch",
+    "batch_gpu": "batch_gpu",
     "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "resume": "resume",
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
     "nobench": "nobench", "workers": "workers", "tick": "tick", "val": "val", "ada_kimg": "aug.ada_kimg",
@@ -72,6 +73,7 @@ def cli() -> None:
 @click.option("--gamma", type=float, help="R1 regularisation weight", metavar="FLOAT")
 @click.option("--kimg", type=float, help="Training length in thousands of real images", metavar="KIMG")
 @click.option("--batch", type=click.IntRange(min=1), help="Total batch size over all GPUs", metavar="INT")
+@click.option("--batch-gpu", type=click.IntRange(min=1), help="Images per GPU per pass (gradient accumulation)")
 @click.option("--aug", type=click.Choice(["ada", "noaug", "fixed"]), help="Augmentation mode [default: ada]")
 @click.option("--p", type=float, help="Augmentation probability for --aug=fixed", metavar="FLOAT")
 @click.option("--target", type=float, help="ADA target value of the overfitting heuristic [default: 0.6]")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -32,8 +32,8 @@ import torch
 
 from ada import checkpoint as ckpt_io
 from ada.config import TrainConfig
-from ada.controller import AdaController
-from ada.data import ImageDataset, infinite_loader
+from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController, r_v
+from ada.data import DatasetInfo, ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
@@ -88,23 +88,49 @@ class TickStats:
         return out
 
 
-def build_networks(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[Generator, Discriminator]:
+def network_kwargs(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[dict, dict]:
+    """Constructor arguments of G and D for a fresh run (the official argument names)."""
     m = cfg.model
-    num_fp16_res = 0 if cfg.fp32 else m.num_fp16_res
-    conv_clamp = None if cfg.fp32 else m.conv_clamp
-    G = Generator(
+    common = dict(channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=m.num_fp16_res,
+                  conv_clamp=m.conv_clamp)
+    G_kwargs = dict(
         z_dim=m.z_dim, c_dim=c_dim, w_dim=m.w_dim, img_resolution=resolution, img_channels=channels,
-        mapping_kwargs=dict(num_layers=m.map_layers),
-        synthesis_kwargs=dict(
-            channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp
-        ),
+        mapping_kwargs=dict(num_layers=m.map_layers), synthesis_kwargs=dict(common),
     )
-    D = Discriminator(
+    D_kwargs = dict(
         c_dim=c_dim, img_resolution=resolution, img_channels=channels, architecture=m.d_architecture,
-        channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
-        epilogue_kwargs=dict(mbstd_group_size=m.mbstd_group),
+        epilogue_kwargs=dict(mbstd_group_size=m.mbstd_group), **common,
     )
-    return G, D
+    return apply_fp32(cfg, G_kwargs, D_kwargs)
+
+
+def apply_fp32(cfg: TrainConfig, G_kwargs: dict, D_kwargs: dict) -> tuple[dict, dict]:
+    """--fp32: no reduced-precision layers and no activation clamping, as the official option does."""
+    G_kwargs, D_kwargs = copy.deepcopy(G_kwargs), copy.deepcopy(D_kwargs)
+    if cfg.fp32:
+        for kwargs in (G_kwargs["synthesis_kwargs"], D_kwargs):
+            kwargs["num_fp16_res"] = 0
+            kwargs["conv_clamp"] = None
+    return G_kwargs, D_kwargs
+
+
+def build_networks(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[Generator, Discriminator]:
+    G_kwargs, D_kwargs = network_kwargs(cfg, resolution, channels, c_dim)
+    return Generator(**G_kwargs), Discriminator(**D_kwargs)
+
+
+@dataclass
+class ResumeSource:
+    """What a --resume file provides: networks always, the training state only to continue the same data."""
+
+    path: Path
+    G_kwargs: dict
+    D_kwargs: dict
+    G: dict
+    D: dict
+    G_ema: dict
+    transfer: bool
+    state: dict[str, Any] | None
 
 
 def freeze_d_layers(D: Discriminator, n: int) -> list[torch.nn.Parameter]:
@@ -141,6 +167,11 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     torch._foreach_lerp_(ema_params, [p.detach() for p in G.parameters()], 1 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+def finite_or_none(value: Any) -> Any:
+    """Non-finite floats become null: stats.jsonl stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -220,8 +251,9 @@ class Trainer:
         self.dist = dist
         self.device = dist.device
         self.run_dir: Path | None = None
-        self.log = log if dist.rank == 0 else (lambda msg: None)
-        self.batch_gpu = cfg.batch // dist.world_size
+        self._print = log if dist.rank == 0 else (lambda msg: None)
+        self.per_rank = cfg.batch // dist.world_size
+        self.batch_gpu = cfg.batch_gpu or self.per_rank
         self.progress = Progress()
         self.said_once: set[str] = set()
 
@@ -232,14 +264,21 @@ class Trainer:
         self.shared_gen = torch.Generator().manual_seed(cfg.seed)
 
         info = train_set.info
-        self.G, self.D = build_networks(cfg, info.resolution, info.channels, info.c_dim)
-        self.resume_state: dict[str, Any] | None = None
-        self.transfer = False
-        if cfg.resume:
-            self._load_resume(cfg.resume, info)
+        source = self._read_resume(cfg.resume, info) if cfg.resume else None
+        self.transfer = source is not None and source.transfer
+        if source is None:
+            G_kwargs, D_kwargs = network_kwargs(cfg, info.resolution, info.channels, info.c_dim)
+        else:
+            # The architecture comes from the checkpoint; only precision follows this run's flags.
+            G_kwargs, D_kwargs = apply_fp32(cfg, source.G_kwargs, source.D_kwargs)
+        self.G = Generator(**G_kwargs)
+        self.D = Discriminator(**D_kwargs)
+        if source is not None:
+            ckpt_io.load_state(self.G, source.G, str(source.path), "G")
+            ckpt_io.load_state(self.D, source.D, str(source.path), "D")
         self.G_ema = copy.deepcopy(self.G).eval()
-        if self.resume_state is not None:
-            ckpt_io.load_state(self.G_ema, self.resume_state["G_ema"], cfg.resume, "G_ema")
+        if source is not None:
+            ckpt_io.load_state(self.G_ema, source.G_ema, str(source.path), "G_ema")
         for net in (self.G, self.D, self.G_ema):
             net.to(self.device).requires_grad_(False)
         self._apply_precision()
@@ -255,41 +294,53 @@ class Trainer:
             pl_decay=cfg.loss.pl_decay, pl_batch_shrink=cfg.loss.pl_batch_shrink, style_mixing=cfg.loss.style_mixing,
         )
         self.phases = self._build_phases(list(self.G.parameters()), d_params)
-        if self.resume_state is not None:
-            self._restore_training_state(self.resume_state)
+        if source is not None and source.state is not None:
+            self._restore_training_state(source.path, source.state)
+        # Official transfer runs drop the EMA rampup, which would otherwise overwrite G_ema at once.
+        self.ema_rampup = None if self.transfer else cfg.optim.ema_rampup
         self.data_iter = infinite_loader(
             train_set, cfg.batch, dist.rank, dist.world_size, cfg.seed, cfg.workers, start_batch=self.progress.batch_idx
         )
 
     # ----- setup -----
 
-    def _load_resume(self, spec: str, info: Any) -> None:
+    def log(self, message: str) -> None:
+        """Console (rank 0) and the run directory's log.txt."""
+        self._print(message)
+        if self.run_dir is not None and self.dist.rank == 0:
+            try:
+                with open(self.run_dir / "log.txt", "a") as f:
+                    f.write(message + "\n")
+            except OSError:
+                pass
+
+    def _read_resume(self, spec: str, info: DatasetInfo) -> ResumeSource:
         """Continue a run on the same data exactly; on other data (transfer) take the weights only."""
         path = ckpt_io.resolve_checkpoint_path(spec)
         if ckpt_io.is_our_checkpoint(path):
             state = ckpt_io.load_checkpoint(path)
             kwargs = state["G_kwargs"]
             self._check_compatible(path, kwargs["img_resolution"], kwargs["img_channels"], kwargs["c_dim"], info)
-            ckpt_io.load_state(self.G, state["G"], str(path), "G")
-            ckpt_io.load_state(self.D, state["D"], str(path), "D")
-            self.transfer = state["dataset"]["name"] != info.name
-            if self.transfer:
-                state = {"G_ema": state["G_ema"]}
-                self.log(f"Fine-tuning from {path} (trained on other data): weights only, starting at 0 kimg")
+            same_data = state["dataset"].get("fingerprint") == info.fingerprint
+            source = ResumeSource(
+                path, state["G_kwargs"], state["D_kwargs"], state["G"], state["D"], state["G_ema"],
+                transfer=not same_data or bool(state.get("transfer", False)), state=state if same_data else None,
+            )
+            if same_data:
+                self._print(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
             else:
-                self.log(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
-            self.resume_state = state
-        else:
-            from ada.official import load_official_pickle
+                self._print(f"Fine-tuning from {path} (trained on other data): weights only, from 0 kimg")
+            return source
+        from ada.official import load_official_pickle
 
-            imported = load_official_pickle(path)
-            G = imported.G
-            self._check_compatible(path, G.img_resolution, G.img_channels, G.c_dim, info)
-            ckpt_io.load_state(self.G, imported.G.state_dict(), str(path), "G")
-            ckpt_io.load_state(self.D, imported.D.state_dict(), str(path), "D")
-            self.resume_state = {"G_ema": imported.G_ema.state_dict()}
-            self.transfer = True
-            self.log(f"Imported official network pickle {path}:\n{imported.report}")
+        imported = load_official_pickle(path)
+        G = imported.G
+        self._check_compatible(path, G.img_resolution, G.img_channels, G.c_dim, info)
+        self._print(f"Imported official network pickle {path}:\n{imported.report}")
+        return ResumeSource(
+            path, G.init_kwargs, imported.D.init_kwargs, G.state_dict(), imported.D.state_dict(),
+            imported.G_ema.state_dict(), transfer=True, state=None,
+        )
 
     @staticmethod
     def _check_compatible(path: Path, resolution: int, channels: int, c_dim: int, info: Any) -> None:
@@ -318,8 +369,7 @@ class Trainer:
 
     def _build_controller(self) -> AdaController:
         a = self.cfg.aug
-        # A transfer run (from weights trained on other data) reacts faster, as the official code does.
-        ada_kimg = a.ada_kimg_resume if self.transfer else a.ada_kimg
+        ada_kimg = a.ada_kimg if a.ada_kimg is not None else (ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG)
         return AdaController(
             target=a.target, interval=a.ada_interval, ada_kimg=ada_kimg, p=a.p, p_max=a.p_max,
             heuristic=a.heuristic, adjust=a.mode == "ada",
@@ -341,36 +391,48 @@ class Trainer:
             phases.append(Phase(f"{name}reg", module, params, opt, reg_interval))
         return phases
 
-    def _restore_training_state(self, state: dict[str, Any]) -> None:
-        if "opt_G" not in state:
-            return  # imported weights only: a fresh run from them
+    def _restore_training_state(self, path: Path, state: dict[str, Any]) -> None:
+        saved_freezed = state["config"].get("freezed", 0)
+        if saved_freezed != self.cfg.freezed:
+            raise UserError(
+                f"{path} was trained with --freezed={saved_freezed}; resume it with the same value "
+                "(or fine-tune from it on other data)"
+            )
         self.phases[0].opt.load_state_dict(state["opt_G"])
         next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
         self.progress = Progress(**state["progress"])
+        # The snapshot was taken at the end of its tick: continue with the next one.
+        self.progress.cur_tick += 1
         self.progress.tick_start_nimg = self.progress.cur_nimg
         self.progress.consecutive_bad = 0
         self.shared_gen.set_state(state["rng"]["shared"])
-        torch.set_rng_state(state["rng"]["torch"][self.dist.rank % len(state["rng"]["torch"])])
+        rank = self.dist.rank
+        torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])], self.device)
 
     # ----- the loop -----
 
     def sample_latents(self, num_phases: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[phases, batch_gpu, z_dim] latents and labels for this rank's share of the global batch."""
-        b, r = self.batch_gpu, self.dist.rank
+        """[phases, per_rank, z_dim] latents and labels for this rank's share of the global batch."""
+        b, r = self.per_rank, self.dist.rank
         z = torch.randn([num_phases, self.cfg.batch, self.G.z_dim], generator=self.shared_gen)
         z = z[:, r * b : (r + 1) * b].to(self.device)
         if self.G.c_dim == 0:
             return z, None
+        # Generated images get labels drawn from the training set's label distribution.
         idx = torch.randint(len(self.train_set), [num_phases * self.cfg.batch], generator=self.shared_gen)
-        c = self.train_set.batch(idx.tolist())[1].reshape(num_phases, self.cfg.batch, -1)
+        c = self.train_set.labels_of(idx.tolist()).reshape(num_phases, self.cfg.batch, -1)
         return z, c[:, r * b : (r + 1) * b].to(self.device)
 
     def train_step(self, tick_stats: TickStats) -> None:
+        """One minibatch: every due phase over all rounds of batch_gpu images, then EMA and the p update."""
         real_img, real_c = next(self.data_iter)
-        real_img = to_float_images(real_img, self.device)
-        real_c = real_c.to(self.device) if self.G.c_dim > 0 else None
+        real_img = to_float_images(real_img, self.device).split(self.batch_gpu)
+        real_c = real_c.to(self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
+        rounds = len(real_img)
         if self.augment_pipe is not None:
             self.augment_pipe.p.fill_(self.controller.p)
         active = [ph for ph in self.phases if self.progress.batch_idx % ph.interval == 0]
@@ -379,20 +441,24 @@ class Trainer:
             for p in phase.params:
                 p.requires_grad_(True)
             phase.opt.zero_grad(set_to_none=True)
-            stats = self.loss.accumulate_gradients(
-                phase.name, real_img, real_c, gen_z[i], None if gen_c is None else gen_c[i], gain=phase.interval
-            )
+            z_rounds = gen_z[i].split(self.batch_gpu)
+            c_rounds = gen_c[i].split(self.batch_gpu) if gen_c is not None else [None] * rounds
+            for k in range(rounds):
+                stats = self.loss.accumulate_gradients(
+                    phase.name, real_img[k], None if real_c is None else real_c[k], z_rounds[k], c_rounds[k],
+                    gain=phase.interval / rounds,
+                )
+                if "real_signs" in stats:
+                    self.controller.accumulate(stats.pop("real_signs"))
+                for key, value in stats.items():
+                    tick_stats.add(key, value)
             for p in phase.params:
                 p.requires_grad_(False)
-            if "real_signs" in stats:
-                self.controller.accumulate(stats.pop("real_signs"))
-            for key, value in stats.items():
-                tick_stats.add(key, value)
             self._apply_gradients(phase)
+        beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.ema_rampup)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
-        beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.cfg.optim.ema_rampup)
         update_ema(self.G_ema, self.G, beta)
         self.controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum)
         message = self.controller.leak_warning()
@@ -429,32 +495,46 @@ class Trainer:
         self.said_once.add(message)
         self.log(f"warning: {message}")
         if self.run_dir is not None and self.dist.rank == 0:
-            append_jsonl(self.run_dir / "log.jsonl", {"kimg": self.progress.cur_nimg / 1000, "warning": message})
+            try:
+                append_jsonl(self.run_dir / "log.jsonl", {"kimg": self.progress.cur_nimg / 1000, "warning": message})
+            except UserError:
+                pass  # the warning is on the console; a full disk is reported where it matters
 
     @torch.no_grad()
     def measure_overfitting(self) -> dict[str, float | None]:
-        """Mean raw logits of D on training reals, withheld reals and fakes (through the pipe at the current p)."""
+        """Mean raw logits of D on training reals, withheld reals and fakes (through the pipe at the current p).
+
+        Runs on its own random streams, so how often it runs does not change the training trajectory.
+        """
         if self.val_set is None:
             self.say("no validation split (--val=0): r_v is not measured")
             return {"logit_train": None, "logit_val": None, "logit_gen": None, "r_v": None}
-        from ada.controller import r_v
-
+        group = max(min(self.cfg.model.mbstd_group, self.batch_gpu), 1)
         n = min(RV_BATCH, len(self.val_set.names), len(self.train_set.names))
-        n = max(n - n % max(min(self.cfg.model.mbstd_group, n), 1), 1)
+        n = max(n - n % group, 1)
         gen = torch.Generator().manual_seed(self.cfg.seed + self.progress.cur_tick)
         val_idx = torch.randperm(len(self.val_set.names), generator=gen)[:n].tolist()
         train_idx = torch.randperm(len(self.train_set.names), generator=gen)[:n].tolist()
-        val_img, val_c = self.val_set.batch(val_idx)
-        tr_img, tr_c = self.train_set.batch(train_idx)
-        c = lambda t: t.to(self.device) if self.G.c_dim > 0 else None  # noqa: E731
-        z = torch.randn([n, self.G.z_dim], generator=gen).to(self.device)
-        logits = {}
-        for key, img, labels in (
-            ("logit_train", to_float_images(tr_img, self.device), c(tr_c)),
-            ("logit_val", to_float_images(val_img, self.device), c(val_c)),
-            ("logit_gen", self.G(z, c(tr_c), noise_mode="random"), c(tr_c)),
-        ):
-            logits[key] = float(self.dist.all_reduce_mean(self.loss.run_D(img, labels).mean().reshape(1)))
+        z = torch.randn([n, self.G.z_dim], generator=gen)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed + self.progress.cur_tick)
+            sums = {"logit_train": 0.0, "logit_val": 0.0, "logit_gen": 0.0}
+            for lo in range(0, n, self.batch_gpu):
+                part = slice(lo, min(lo + self.batch_gpu, n))
+                tr_img, tr_c = self.train_set.batch(train_idx[part])
+                val_img, val_c = self.val_set.batch(val_idx[part])
+                conditional = self.G.c_dim > 0
+                c = tr_c.to(self.device) if conditional else None
+                c_val = val_c.to(self.device) if conditional else None
+                ws = self.G.mapping(z[part].to(self.device), c, update_w_avg=False)
+                for key, img, labels in (
+                    ("logit_train", to_float_images(tr_img, self.device), c),
+                    ("logit_val", to_float_images(val_img, self.device), c_val),
+                    ("logit_gen", self.G.synthesis(ws), c),
+                ):
+                    sums[key] += float(self.loss.run_D(img, labels).sum())
+        logits = {k: float(self.dist.all_reduce_mean(torch.tensor([v / n]))) for k, v in sums.items()}
         logits["r_v"] = r_v(logits["logit_train"], logits["logit_val"], logits["logit_gen"])
         self.controller.last_r_v = logits["r_v"]
         return logits
@@ -494,7 +574,7 @@ class Trainer:
                 first = self.progress.cur_tick == 0
                 if not done and not first and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
-                self._end_tick(tick_stats, time.time() - tick_start, final=done)
+                self._end_tick(tick_stats, time.time() - tick_start, final=done, stopping=stop.requested)
                 tick_stats = TickStats()
                 tick_start = time.time()
                 if done:
@@ -537,7 +617,7 @@ class Trainer:
             out.append(self.G_ema(z, c, noise_mode="const").cpu())
         return torch.cat(out)
 
-    def _end_tick(self, tick_stats: TickStats, seconds: float, final: bool) -> None:
+    def _end_tick(self, tick_stats: TickStats, seconds: float, final: bool, stopping: bool = False) -> None:
         cfg, prog = self.cfg, self.progress
         tick_kimg = (prog.cur_nimg - prog.tick_start_nimg) / 1000
         means = tick_stats.means(self.dist.all_reduce_mean)
@@ -559,6 +639,7 @@ class Trainer:
             "mem_gpu_gb": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
             "skipped_steps": prog.skipped_steps,
         }
+        record = {key: finite_or_none(value) for key, value in record.items()}
         if self.dist.rank == 0:
             self.log(format_tick(record, elapsed_s=time.time() - self.start_time))
             self.tracker.log_tick(record)
@@ -571,10 +652,14 @@ class Trainer:
             name = ckpt_io.snapshot_name(kimg)
             if self.dist.rank == 0 and self.run_dir is not None:
                 grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
-                save_grid(self.generate_grid(), grid_path, *self.grid)
-                self.tracker.log_image(kimg, "fakes", grid_path)
+                try:
+                    save_grid(self.generate_grid(), grid_path, *self.grid)
+                    self.tracker.log_image(kimg, "fakes", grid_path)
+                except UserError as exc:
+                    self.say(f"{exc}; training goes on")
                 self.save_snapshot(self.run_dir / name)
-            self.evaluate_metrics(name, kimg)
+            if not stopping:  # a stop request (preemption) leaves little time: metrics can run after resume
+                self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
         if self.device.type == "cuda":
@@ -606,7 +691,14 @@ class Trainer:
             "controller": self.controller.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
             "progress": asdict(self.progress),
-            "rng": {"torch": self.dist.gather_rng_states(), "shared": self.shared_gen.get_state()},
+            "rng": {
+                "torch": self.dist.gather_states(torch.get_rng_state()),
+                "cuda": self.dist.gather_states(torch.cuda.get_rng_state(self.device))
+                if self.device.type == "cuda"
+                else None,
+                "shared": self.shared_gen.get_state(),
+            },
+            "transfer": self.transfer,
             "config": self.cfg.to_dict(),
             "dataset": asdict(self.train_set.info),
         }
@@ -631,4 +723,3 @@ def environment_setup(cfg: TrainConfig) -> None:
     torch.backends.cudnn.benchmark = not cfg.nobench
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
