@@ -36,11 +36,12 @@ def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
     return take_subset(train_set, cfg.subset, seed=cfg.seed), val_set
 
 
-def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
-    """Resuming a run directory continues in it; anything else gets a new numbered directory."""
+def run_dir_for(cfg: TrainConfig, dataset_name: str, transfer: bool) -> Path:
+    """Resuming a run directory on its own data continues in it; anything else, a fine-tune from a
+    run directory included, gets a new numbered directory, so the source run is never written to."""
     from ada.training import make_run_dir, run_description
 
-    if cfg.resume and Path(cfg.resume).is_dir():
+    if cfg.resume and Path(cfg.resume).is_dir() and not transfer:
         return Path(cfg.resume)
     return make_run_dir(Path(cfg.outdir), run_description(cfg, dataset_name))
 
@@ -77,7 +78,7 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
     environment_setup(cfg)
     # Build (and so check the --resume checkpoint) before any directory is created.
     trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()))
-    run_dir = run_dir_for(cfg, dataset.name)
+    run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
     print(f"Run directory: {run_dir}")
     trainer.run(run_dir)
     return run_dir
