@@ -77,7 +77,7 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
         raise UserError("--gpus > 1 needs the distributed launcher, which is not available yet")
     environment_setup(cfg)
     # Build (and so check the --resume checkpoint) before any directory is created.
-    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()))
+    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()), eval_set=dataset)
     run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
     print(f"Run directory: {run_dir}")
     trainer.run(run_dir)
