@@ -41,7 +41,8 @@ def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
 
 
 def run_dir_for(cfg: TrainConfig, dataset_name: str, transfer: bool) -> Path:
-    """Resuming a run directory on its own data continues in it; anything else gets a new directory."""
+    """Resuming a run directory on its own data continues in it; anything else, a fine-tune from a
+    run directory included, gets a new numbered directory, so the source run is never written to."""
     from ada.training import make_run_dir, run_description
 
     if cfg.resume and Path(cfg.resume).is_dir() and not transfer:

@@ -43,3 +43,11 @@ def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     write_images(folder, 24, 16)
     return folder
+
+
+@pytest.fixture
+def official_names(monkeypatch):
+    """Stand-in modules under the official names, so that pickle writes those global names."""
+    from tests._official_fixture import install_official_names
+
+    return install_official_names(monkeypatch)
