@@ -220,14 +220,16 @@ class Trainer:
         self.progress = Progress()
         self.said_once: set[str] = set()
 
-        torch.manual_seed(cfg.seed * dist.world_size + dist.rank)
-        np.random.seed((cfg.seed * dist.world_size + dist.rank) % 2**32)
         # Latents and labels are drawn for the global batch from a generator every rank shares, and each
         # rank takes its slice: N processes see the same latents as one process with the whole batch.
         self.shared_gen = torch.Generator().manual_seed(cfg.seed)
 
         info = train_set.info
+        torch.manual_seed(cfg.seed)  # the same initial networks for any number of ranks
         self.G, self.D = build_networks(cfg, info.resolution, info.channels, info.c_dim)
+        # From here each rank draws its own noise inputs, augmentations and path-length probes.
+        torch.manual_seed(cfg.seed * dist.world_size + dist.rank)
+        np.random.seed((cfg.seed * dist.world_size + dist.rank) % 2**32)
         self.resume_state: dict[str, Any] | None = None
         self.transfer = False
         if cfg.resume:
@@ -384,6 +386,8 @@ class Trainer:
             for key, value in stats.items():
                 tick_stats.add(key, value)
             self._apply_gradients(phase)
+            if phase.name == "Greg":
+                self.dist.average_(self.loss.pl_mean)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
@@ -469,7 +473,9 @@ class Trainer:
             tick_start = time.time()
             while True:
                 self.train_step(tick_stats)
-                done = self.progress.cur_nimg >= total_nimg or stop.requested
+                # All ranks must stop after the same step, whichever of them saw the signal.
+                stopping = self.dist.any_rank(stop.requested)
+                done = self.progress.cur_nimg >= total_nimg or stopping
                 if not done and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
                 self._end_tick(tick_stats, time.time() - tick_start, final=done)
@@ -477,7 +483,7 @@ class Trainer:
                 tick_start = time.time()
                 if done:
                     break
-            if stop.requested:
+            if stopping:
                 self.log("Stopped on request; final snapshot written.")
         finally:
             stop.uninstall()
@@ -536,19 +542,22 @@ class Trainer:
         if self.dist.rank == 0:
             self.log(format_tick(record))
         snapshot = final or (prog.cur_tick % cfg.snap == 0 and prog.cur_tick > 0)
+        rng_states = self.dist.gather_rng_states() if snapshot else None  # a collective: on every rank
         if self.dist.rank == 0 and self.run_dir is not None:
             append_jsonl(self.run_dir / "stats.jsonl", record)
             prog.stats_lines += 1
             if snapshot:
                 kimg = prog.cur_nimg / 1000
                 save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
-                self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg))
+                self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg), rng_states)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self, rng_states: list[torch.Tensor] | None = None) -> dict[str, Any]:
+        """The whole training state; `rng_states` from `DistContext.gather_rng_states`, which with
+        several ranks every rank must have called (default: gather now, fine for one process)."""
         opt_D = next(p for p in self.phases if p.name == "Dmain").opt
         return {
             "G_kwargs": self.G.init_kwargs,
@@ -562,14 +571,14 @@ class Trainer:
             "controller": self.controller.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
             "progress": asdict(self.progress),
-            "rng": {"torch": self.dist.gather_rng_states(), "shared": self.shared_gen.get_state()},
+            "rng": {"torch": rng_states or self.dist.gather_rng_states(), "shared": self.shared_gen.get_state()},
             "config": self.cfg.to_dict(),
             "dataset": asdict(self.train_set.info),
         }
 
-    def save_snapshot(self, path: Path) -> None:
+    def save_snapshot(self, path: Path, rng_states: list[torch.Tensor] | None = None) -> None:
         try:
-            ckpt_io.save_checkpoint(path, self.checkpoint_state())
+            ckpt_io.save_checkpoint(path, self.checkpoint_state(rng_states))
         except UserError as exc:
             self.say(f"{exc}; training goes on and will try again at the next snapshot")
 
