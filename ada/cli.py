@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
+from ada.compare import compare
 from ada.errors import UserError
+from ada.evaluation import metrics_command
 
 
 def _metrics_list(value: str | None) -> list[str] | None:
@@ -46,7 +48,7 @@ TRAIN_FIELDS = {
     "nobench": "nobench", "workers": "workers", "tick": "tick", "val": "val", "ada_kimg": "aug.ada_kimg",
     "ada_interval": "aug.ada_interval", "ada_heuristic": "aug.heuristic", "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
-    "wandb_name": "wandb.name", "wandb_mode": "wandb.mode",
+    "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
 }
 
 
@@ -88,6 +90,8 @@ def cli() -> None:
 @click.option("--ada-interval", type=click.IntRange(min=1), help="Minibatches between p updates [default: 4]")
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")
+@click.option("--features", help="TorchScript feature network for the metrics instead of Inception", metavar="PATH")
+@click.option("--ppl-net", help="TorchScript network for the PPL distance", metavar="PATH")
 @click.option("--wandb-project", help="Log to this wandb project (off when not given)")
 @click.option("--wandb-entity", help="wandb entity (team or user)")
 @click.option("--wandb-group", help="wandb group [default: the dataset name]")
@@ -126,6 +130,10 @@ def dataset_command(source: str, dest: str, resolution: int, channels: str) -> N
     from ada.dataset_tool import convert
 
     convert(source, dest, resolution, None if channels == "auto" else int(channels))
+
+
+cli.add_command(compare)
+cli.add_command(metrics_command)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

@@ -102,6 +102,8 @@ class TrainConfig:
     tick: float = 4.0
     snap: int = 50
     metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
+    features: str | None = None
+    ppl_net: str | None = None
     batch: int = 32
     cond: bool = False
     subset: int | None = None

@@ -91,7 +91,7 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
     environment_setup(cfg)
     dist = distributed.init_process_group(job) if job is not None else DistContext(device=default_device())
     # Build (and so check the --resume checkpoint) before any directory is created.
-    trainer = Trainer(cfg, train_set, val_set, dist)
+    trainer = Trainer(cfg, train_set, val_set, dist, eval_set=dataset)
     run_dir = None
     if dist.rank == 0:
         run_dir = run_dir_for(cfg, dataset.name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import signal
 import time
@@ -37,10 +36,13 @@ from ada.controller import AdaController
 from ada.data import ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
+from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
 from ada.files import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.networks import Discriminator, Generator
+from ada.progress import format_tick
+from ada.tracking import Tracker
 
 # Give up when this many consecutive steps produced non-finite gradients.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -208,10 +210,13 @@ class Trainer:
         val_set: ImageDataset | None,
         dist: DistContext,
         log: Callable[[str], None] = print,
+        eval_set: ImageDataset | None = None,
     ):
         self.cfg = cfg
         self.train_set = train_set
         self.val_set = val_set
+        # Metrics compare against every real image, as the official code does.
+        self.eval_set = eval_set if eval_set is not None else train_set
         self.dist = dist
         self.device = dist.device
         self.run_dir: Path | None = None
@@ -461,7 +466,21 @@ class Trainer:
     def run(self, run_dir: Path | None) -> None:
         """Train to cfg.kimg, writing into `run_dir` (rank 0; None writes nothing)."""
         self.run_dir = run_dir
+        self.start_time = time.time()
         cfg = self.cfg
+        w = cfg.wandb
+        self.tracker = (
+            Tracker.create(
+                run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
+                name=w.name, mode=w.mode, rank=self.dist.rank,
+            )
+            if run_dir is not None
+            else Tracker()
+        )
+        self.metric_suite = (
+            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say) if cfg.metrics else None
+        )
+        exit_code = 1
         total_nimg = int(cfg.kimg * 1000)
         tick_nimg = int(cfg.tick * 1000)
         stop = StopRequested()
@@ -476,7 +495,10 @@ class Trainer:
                 # All ranks must stop after the same step, whichever of them saw the signal.
                 stopping = self.dist.any_rank(stop.requested)
                 done = self.progress.cur_nimg >= total_nimg or stopping
-                if not done and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
+                # Tick 0 ends after the first step, as in the official loop: a snapshot and a console
+                # line right away show that the run works.
+                first = self.progress.cur_tick == 0
+                if not done and not first and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
                 self._end_tick(tick_stats, time.time() - tick_start, final=done)
                 tick_stats = TickStats()
@@ -485,8 +507,10 @@ class Trainer:
                     break
             if stopping:
                 self.log("Stopped on request; final snapshot written.")
+            exit_code = 0
         finally:
             stop.uninstall()
+            self.tracker.finish(exit_code=exit_code)
 
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
@@ -507,6 +531,8 @@ class Trainer:
         if self.progress.cur_nimg == 0:
             save_grid(reals.numpy(), run_dir / "reals.png", gw, gh)
             save_grid(self.generate_grid(), run_dir / "fakes_init.png", gw, gh)
+            self.tracker.log_image(0.0, "reals", run_dir / "reals.png")
+            self.tracker.log_image(0.0, "fakes_init", run_dir / "fakes_init.png")
 
     @torch.no_grad()
     def generate_grid(self) -> torch.Tensor:
@@ -540,20 +566,38 @@ class Trainer:
             "skipped_steps": prog.skipped_steps,
         }
         if self.dist.rank == 0:
-            self.log(format_tick(record))
-        snapshot = final or (prog.cur_tick % cfg.snap == 0 and prog.cur_tick > 0)
-        rng_states = self.dist.gather_rng_states() if snapshot else None  # a collective: on every rank
+            self.log(format_tick(record, elapsed_s=time.time() - self.start_time))
+            self.tracker.log_tick(record)
+        snapshot = final or prog.cur_tick % cfg.snap == 0
         if self.dist.rank == 0 and self.run_dir is not None:
             append_jsonl(self.run_dir / "stats.jsonl", record)
             prog.stats_lines += 1
-            if snapshot:
-                kimg = prog.cur_nimg / 1000
-                save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
-                self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg), rng_states)
+        if snapshot:
+            kimg = prog.cur_nimg / 1000
+            name = ckpt_io.snapshot_name(kimg)
+            rng_states = self.dist.gather_rng_states()  # a collective: on every rank
+            if self.dist.rank == 0 and self.run_dir is not None:
+                grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
+                save_grid(self.generate_grid(), grid_path, *self.grid)
+                self.tracker.log_image(kimg, "fakes", grid_path)
+                self.save_snapshot(self.run_dir / name, rng_states)
+            self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def evaluate_metrics(self, snapshot: str, kimg: float) -> None:
+        """Every rank takes part; rank 0 writes metric-NAME.jsonl, the console line and wandb."""
+        if self.metric_suite is None or not self.metric_suite.specs:
+            return
+        reals = MetricReals(self.eval_set, self.cfg.data)
+        results = self.metric_suite.evaluate(self.G_ema, reals, self.dist.rank, self.dist.world_size)
+        if self.dist.rank == 0 and self.run_dir is not None:
+            write_results(results, self.run_dir, snapshot, kimg)
+            self.log(f"metrics at {kimg:.1f} kimg: {format_results(results)}")
+            for result in results:
+                self.tracker.log_metric(kimg, dict(result.results))
 
     def checkpoint_state(self, rng_states: list[torch.Tensor] | None = None) -> dict[str, Any]:
         """The whole training state; `rng_states` from `DistContext.gather_rng_states`, which with
@@ -590,21 +634,6 @@ def _cpu_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     except ImportError:
         return float("nan")
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
-def format_tick(r: dict[str, Any]) -> str:
-    """One console line per tick."""
-    return (
-        f"tick {r['tick']:<5d} kimg {r['kimg']:<8.1f} sec/kimg {_fmt(r['sec_per_kimg'], '<7.2f')} "
-        f"p {_fmt(r['p'], '.3f')} r_t {_fmt(r['r_t'], '.3f')} r_v {_fmt(r['r_v'], '.3f')} "
-        f"G {_fmt(r['loss_G'], '.3f')} D {_fmt(r['loss_D'], '.3f')} "
-        f"cpumem {_fmt(r['mem_cpu_gb'], '.2f')}G gpumem {_fmt(r['mem_gpu_gb'], '.2f')}G"
-        + (f" skipped {r['skipped_steps']}" if r["skipped_steps"] else "")
-    )
 
 
 def environment_setup(cfg: TrainConfig) -> None:
