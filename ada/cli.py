@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ada.compare import compare
+from ada.config import check_flag_combinations
 from ada.errors import UserError
 from ada.evaluation import metrics_command
 
@@ -105,7 +106,9 @@ def train_command(preset: str, dry_run: bool, metrics: str | None, **options: An
 
     flat = {TRAIN_FIELDS[k]: v for k, v in options.items()}
     flat["metrics"] = _metrics_list(metrics)
-    launch.train(preset, _nest(flat), dry_run=dry_run)
+    overrides = _nest(flat)
+    check_flag_combinations(overrides)
+    launch.train(preset, overrides, dry_run=dry_run)
 
 
 @cli.command("generate")

@@ -20,7 +20,6 @@ from ada.errors import UserError
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Any]:
     """Preset, then auto rules from the data, then the user's flags; validated. Returns (cfg, dataset)."""
-    config_mod.check_flag_combinations(overrides)
     if "batch" in overrides and "batch_gpu" not in overrides:
         # A batch the user chose runs in one pass per GPU, as the official --batch does.
         overrides = {**overrides, "batch_gpu": None}
