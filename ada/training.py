@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,12 @@ from ada.controller import AdaController
 from ada.data import ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
-from ada.files import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl
+from ada.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.networks import Discriminator, Generator
 
-# Give up when this many consecutive steps produced non-finite gradients.
+# Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
 # Images per set for the r_v measurement at each tick.
 RV_BATCH = 64
@@ -64,7 +64,6 @@ class Progress:
     batch_idx: int = 0
     tick_start_nimg: int = 0
     skipped_steps: int = 0
-    consecutive_bad: int = 0
     stats_lines: int = 0
 
 
@@ -218,7 +217,10 @@ class Trainer:
         self.log = log if dist.rank == 0 else (lambda msg: None)
         self.batch_gpu = cfg.batch // dist.world_size
         self.progress = Progress()
+        # Per phase, how many of its updates in a row had non-finite gradients.
+        self.bad_streak: dict[str, int] = {}
         self.said_once: set[str] = set()
+        self.last_snapshot: Path | None = None
 
         torch.manual_seed(cfg.seed * dist.world_size + dist.rank)
         np.random.seed((cfg.seed * dist.world_size + dist.rank) % 2**32)
@@ -273,6 +275,7 @@ class Trainer:
                 self.log(f"Fine-tuning from {path} (trained on other data): weights only, starting at 0 kimg")
             else:
                 self.log(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
+                self.last_snapshot = path
             self.resume_state = state
         else:
             from ada.official import load_official_pickle
@@ -343,9 +346,9 @@ class Trainer:
         next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
-        self.progress = Progress(**state["progress"])
+        known = {f.name for f in fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         self.progress.tick_start_nimg = self.progress.cur_nimg
-        self.progress.consecutive_bad = 0
         self.shared_gen.set_state(state["rng"]["shared"])
         torch.set_rng_state(state["rng"]["torch"][self.dist.rank % len(state["rng"]["torch"])])
 
@@ -374,16 +377,21 @@ class Trainer:
             for p in phase.params:
                 p.requires_grad_(True)
             phase.opt.zero_grad(set_to_none=True)
+            pl_mean = self.loss.pl_mean.clone()
             stats = self.loss.accumulate_gradients(
                 phase.name, real_img, real_c, gen_z[i], None if gen_c is None else gen_c[i], gain=phase.interval
             )
             for p in phase.params:
                 p.requires_grad_(False)
-            if "real_signs" in stats:
-                self.controller.accumulate(stats.pop("real_signs"))
+            real_signs = stats.pop("real_signs", None)
+            if not self._apply_gradients(phase):
+                # A skipped phase leaves no trace: a non-finite path length would stay in pl_mean for good.
+                self.loss.pl_mean.copy_(pl_mean)
+                continue
+            if real_signs is not None:
+                self.controller.accumulate(real_signs)
             for key, value in stats.items():
                 tick_stats.add(key, value)
-            self._apply_gradients(phase)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
@@ -394,28 +402,33 @@ class Trainer:
         if message:
             self.say(message)
 
-    def _apply_gradients(self, phase: Phase) -> None:
-        """Average gradients across ranks and step, unless any is non-finite: then skip the step."""
+    def _apply_gradients(self, phase: Phase) -> bool:
+        """Average gradients across ranks and step, unless any is non-finite: then skip the step.
+
+        Returns whether the step was taken. Every rank sees the same averaged gradients, so all skip together.
+        """
         params = [p for p in phase.params if p.grad is not None]
         if not params:
-            return
+            return True
         flat = torch.cat([p.grad.flatten() for p in params])
         flat = self.dist.all_reduce_mean(flat)
         if not bool(torch.isfinite(flat).all()):
             self.progress.skipped_steps += 1
-            self.progress.consecutive_bad += 1
+            streak = self.bad_streak[phase.name] = self.bad_streak.get(phase.name, 0) + 1
             phase.opt.zero_grad(set_to_none=True)
-            if self.progress.consecutive_bad >= MAX_CONSECUTIVE_BAD_STEPS:
+            if streak >= MAX_CONSECUTIVE_BAD_STEPS:
+                where = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot yet"
                 raise UserError(
-                    f"training diverged: {self.progress.consecutive_bad} consecutive steps had non-finite "
-                    f"gradients at {self.progress.cur_nimg / 1000:.1f} kimg; the last snapshot in {self.run_dir} "
-                    "is intact; resume from it with a lower learning rate or --gamma"
+                    f"training diverged: {streak} {phase.name} steps in a row had non-finite gradients at "
+                    f"{self.progress.cur_nimg / 1000:.3f} kimg; {where}, untouched; resume from it with a lower "
+                    "learning rate or --gamma"
                 )
-            return
-        self.progress.consecutive_bad = 0
+            return False
+        self.bad_streak[phase.name] = 0
         for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
             p.grad = g.view_as(p)
         phase.opt.step()
+        return True
 
     def say(self, message: str) -> None:
         """A warning printed once per run, and recorded in the run directory's log."""
@@ -424,7 +437,10 @@ class Trainer:
         self.said_once.add(message)
         self.log(f"warning: {message}")
         if self.run_dir is not None and self.dist.rank == 0:
-            append_jsonl(self.run_dir / "log.jsonl", {"kimg": self.progress.cur_nimg / 1000, "warning": message})
+            try:
+                append_jsonl(self.run_dir / "log.jsonl", {"kimg": self.progress.cur_nimg / 1000, "warning": message})
+            except UserError:
+                pass  # already on the console; the disk that refused it is warned about there
 
     @torch.no_grad()
     def measure_overfitting(self) -> dict[str, float | None]:
@@ -444,12 +460,16 @@ class Trainer:
         c = lambda t: t.to(self.device) if self.G.c_dim > 0 else None  # noqa: E731
         z = torch.randn([n, self.G.z_dim], generator=gen).to(self.device)
         logits = {}
-        for key, img, labels in (
-            ("logit_train", to_float_images(tr_img, self.device), c(tr_c)),
-            ("logit_val", to_float_images(val_img, self.device), c(val_c)),
-            ("logit_gen", self.G(z, c(tr_c), noise_mode="random"), c(tr_c)),
-        ):
-            logits[key] = float(self.dist.all_reduce_mean(self.loss.run_D(img, labels).mean().reshape(1)))
+        # Measuring must not change training: G's w_avg stays, and the noise and augmentations drawn
+        # here come from a forked RNG, so the training stream is the same whenever ticks end.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            gen_img = self.G.synthesis(self.G.mapping(z, c(tr_c), update_w_avg=False), noise_mode="random")
+            for key, img, labels in (
+                ("logit_train", to_float_images(tr_img, self.device), c(tr_c)),
+                ("logit_val", to_float_images(val_img, self.device), c(val_c)),
+                ("logit_gen", gen_img, c(tr_c)),
+            ):
+                logits[key] = float(self.dist.all_reduce_mean(self.loss.run_D(img, labels).mean().reshape(1)))
         logits["r_v"] = r_v(logits["logit_train"], logits["logit_val"], logits["logit_gen"])
         self.controller.last_r_v = logits["r_v"]
         return logits
@@ -485,10 +505,15 @@ class Trainer:
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
         atomic_write_text(run_dir / "training_options.json", json.dumps(self.cfg.to_dict(), indent=2))
+        remove_stale_temporaries(run_dir)
         stats = run_dir / "stats.jsonl"
+        kept: list[dict[str, Any]] = []
         if stats.exists():
             # After a crash the log may hold ticks past the snapshot we resume from: drop them.
-            rewrite_jsonl(stats, read_jsonl(stats)[: self.progress.stats_lines])
+            kept = read_jsonl(stats)[: self.progress.stats_lines]
+            rewrite_jsonl(stats, kept)
+        # Counts lines of this directory's file: a run resumed into a new directory starts it empty.
+        self.progress.stats_lines = len(kept)
         self.grid_z = None
         res = self.train_set.resolution
         gw, gh = grid_shape(res, len(self.train_set))
@@ -536,17 +561,30 @@ class Trainer:
         if self.dist.rank == 0:
             self.log(format_tick(record))
         snapshot = final or (prog.cur_tick % cfg.snap == 0 and prog.cur_tick > 0)
-        if self.dist.rank == 0 and self.run_dir is not None:
-            append_jsonl(self.run_dir / "stats.jsonl", record)
-            prog.stats_lines += 1
-            if snapshot:
-                kimg = prog.cur_nimg / 1000
-                save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
-                self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg))
+        # Advance before the snapshot: it records where the next tick starts, so a resumed run numbers on.
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
+        if self.dist.rank == 0 and self.run_dir is not None:
+            self._write_tick(record, snapshot, final)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _write_tick(self, record: dict[str, Any], snapshot: bool, final: bool) -> None:
+        """The stats line, and at snapshot ticks the sample grid and the snapshot.
+
+        A failed write (full disk, permissions) costs only that file: the run goes on and writes
+        again next time. Only a failed final snapshot ends the run with an error.
+        """
+        kimg = self.progress.cur_nimg / 1000
+        try:
+            append_jsonl(self.run_dir / "stats.jsonl", record)
+            self.progress.stats_lines += 1
+            if snapshot:
+                save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
+        except UserError as exc:
+            self.say(f"{exc}; training goes on")
+        if snapshot:
+            self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg), final=final)
 
     def checkpoint_state(self) -> dict[str, Any]:
         opt_D = next(p for p in self.phases if p.name == "Dmain").opt
@@ -567,11 +605,19 @@ class Trainer:
             "dataset": asdict(self.train_set.info),
         }
 
-    def save_snapshot(self, path: Path) -> None:
+    def save_snapshot(self, path: Path, final: bool = False) -> None:
+        """Write a snapshot; never one with non-finite weights, never over the last good one half-written."""
+        last = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "there is no snapshot yet"
         try:
+            if not all(bool(torch.isfinite(t).all()) for net in (self.G, self.D, self.G_ema) for t in net.parameters()):
+                raise UserError(f"not writing {path}: the networks hold non-finite weights")
             ckpt_io.save_checkpoint(path, self.checkpoint_state())
         except UserError as exc:
-            self.say(f"{exc}; training goes on and will try again at the next snapshot")
+            if final:
+                raise UserError(f"{exc}; {last}") from None
+            self.say(f"{exc}; {last}; training goes on and will try again at the next snapshot")
+            return
+        self.last_snapshot = path
 
 
 def _cpu_memory_gb() -> float:
