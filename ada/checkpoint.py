@@ -84,6 +84,10 @@ def build_discriminator(kwargs: dict[str, Any], state: dict[str, torch.Tensor], 
     return D
 
 
+# A mismatch means the run's model settings differ from those the network was trained with.
+_ARCHITECTURE_HINT = "resume with the --cfg preset (model settings) it was trained with"
+
+
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
     """Strict state loading with a one-line message on any name or shape mismatch."""
     own = module.state_dict()
@@ -91,11 +95,12 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise UserError(f"{source}: {what} does not match this architecture ({detail})")
+        raise UserError(f"{source}: {what} does not match this architecture ({detail}); {_ARCHITECTURE_HINT}")
     for name, tensor in state.items():
         if own[name].shape != tensor.shape:
             raise UserError(
-                f"{source}: {what}.{name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
+                f"{source}: {what}.{name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}; "
+                f"{_ARCHITECTURE_HINT}"
             )
     module.load_state_dict(state)
 

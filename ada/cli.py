@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
+from ada.compare import compare
 from ada.errors import UserError
+from ada.evaluation import metrics_command
 
 
 def _metrics_list(value: str | None) -> list[str] | None:
@@ -41,12 +43,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 TRAIN_FIELDS = {
     "outdir": "outdir", "gpus": "gpus", "snap": "snap", "seed": "seed", "data": "data", "cond": "cond",
     "subset": "subset", "mirror": "mirror", "gamma": "loss.r1_gamma", "kimg": "kimg", "batch": "batch",
+    "batch_gpu": "batch_gpu",
     "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "resume": "resume",
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
     "nobench": "nobench", "workers": "workers", "tick": "tick", "val": "val", "ada_kimg": "aug.ada_kimg",
     "ada_interval": "aug.ada_interval", "ada_heuristic": "aug.heuristic", "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
-    "wandb_name": "wandb.name", "wandb_mode": "wandb.mode",
+    "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
 }
 
 
@@ -70,6 +73,7 @@ def cli() -> None:
 @click.option("--gamma", type=float, help="R1 regularisation weight", metavar="FLOAT")
 @click.option("--kimg", type=float, help="Training length in thousands of real images", metavar="KIMG")
 @click.option("--batch", type=click.IntRange(min=1), help="Total batch size over all GPUs", metavar="INT")
+@click.option("--batch-gpu", type=click.IntRange(min=1), help="Images per GPU per pass (gradient accumulation)")
 @click.option("--aug", type=click.Choice(["ada", "noaug", "fixed"]), help="Augmentation mode [default: ada]")
 @click.option("--p", type=float, help="Augmentation probability for --aug=fixed", metavar="FLOAT")
 @click.option("--target", type=float, help="ADA target value of the overfitting heuristic [default: 0.6]")
@@ -88,6 +92,8 @@ def cli() -> None:
 @click.option("--ada-interval", type=click.IntRange(min=1), help="Minibatches between p updates [default: 4]")
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")
+@click.option("--features", help="TorchScript feature network for the metrics instead of Inception", metavar="PATH")
+@click.option("--ppl-net", help="TorchScript network for the PPL distance", metavar="PATH")
 @click.option("--wandb-project", help="Log to this wandb project (off when not given)")
 @click.option("--wandb-entity", help="wandb entity (team or user)")
 @click.option("--wandb-group", help="wandb group [default: the dataset name]")
@@ -126,6 +132,10 @@ def dataset_command(source: str, dest: str, resolution: int, channels: str) -> N
     from ada.dataset_tool import convert
 
     convert(source, dest, resolution, None if channels == "auto" else int(channels))
+
+
+cli.add_command(compare)
+cli.add_command(metrics_command)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

@@ -73,9 +73,8 @@ class AugConfig:
     p: float = 0.0
     target: float = 0.6
     ada_interval: int = 4
-    ada_kimg: float = 500.0
-    # Transfer runs start with a faster reaction, as the official code does.
-    ada_kimg_resume: float = 100.0
+    # None: 500, or 100 in a transfer run for a faster reaction, as the official code does.
+    ada_kimg: float | None = None
     heuristic: str = "rt"
     p_max: float = 1.0
 
@@ -102,7 +101,11 @@ class TrainConfig:
     tick: float = 4.0
     snap: int = 50
     metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
+    features: str | None = None
+    ppl_net: str | None = None
     batch: int = 32
+    # Images per GPU per pass; the rest of the per-GPU share is gradient accumulation. None: all at once.
+    batch_gpu: int | None = None
     cond: bool = False
     subset: int | None = None
     mirror: bool = False
@@ -161,6 +164,7 @@ def auto_rules(resolution: int, gpus: int) -> dict[str, Any]:
     fmaps = 1 if resolution >= 512 else 0.5
     return {
         "batch": batch,
+        "batch_gpu": batch // gpus,
         "model": {"mbstd_group": min(batch // gpus, 4), "channel_base": int(fmaps * 32768)},
         "optim": {"lr": 0.002 if resolution >= 1024 else 0.0025, "ema_kimg": batch * 10 / 32},
         "loss": {"r1_gamma": r1_gamma_heuristic(resolution, batch)},
@@ -170,11 +174,6 @@ def auto_rules(resolution: int, gpus: int) -> dict[str, Any]:
 def r1_gamma_heuristic(resolution: int, batch: int) -> float:
     """R1 weight that scales with the image area and shrinks with the batch: 0.0002 res^2 / batch."""
     return 0.0002 * resolution**2 / batch
-
-
-def ada_step(batch: int, ada_interval: int, ada_kimg: float) -> float:
-    """How far p moves per controller update: p can traverse [0, 1] in ada_kimg thousand images."""
-    return batch * ada_interval / (ada_kimg * 1000)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -196,7 +195,12 @@ def validate(cfg: TrainConfig) -> None:
         cfg.batch % cfg.gpus == 0,
         f"--batch={cfg.batch} is not divisible by --gpus={cfg.gpus}; use a multiple of the GPU count",
     )
-    batch_gpu = cfg.batch // cfg.gpus
+    per_gpu = cfg.batch // cfg.gpus
+    batch_gpu = cfg.batch_gpu or per_gpu
+    _check(
+        batch_gpu >= 1 and per_gpu % batch_gpu == 0,
+        f"--batch-gpu={cfg.batch_gpu} must divide the per-GPU batch {per_gpu} (--batch / --gpus)",
+    )
     group = min(cfg.model.mbstd_group, batch_gpu)
     _check(
         group == 0 or batch_gpu % group == 0,
@@ -220,15 +224,46 @@ def validate(cfg: TrainConfig) -> None:
     _check(0 <= aug.p <= 1, f"--p={aug.p} must lie in [0, 1]")
     _check(0 < aug.target < 1, f"--target={aug.target} must lie strictly between 0 and 1")
     _check(aug.ada_interval >= 1, f"--ada-interval={aug.ada_interval} must be at least 1")
-    _check(aug.ada_kimg > 0 and aug.ada_kimg_resume > 0, "--ada-kimg must be positive")
+    _check(aug.ada_kimg is None or aug.ada_kimg > 0, f"--ada-kimg={aug.ada_kimg} must be positive")
     _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
     _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
+    _check(
+        not (aug.mode == "ada" and aug.heuristic == "rv" and cfg.val == 0),
+        "--ada-heuristic=rv needs withheld validation images; give --val > 0",
+    )
+    import metrics
+
+    try:
+        metrics.parse_metric_names(",".join(cfg.metrics))
+    except ValueError as exc:
+        raise UserError(f"--metrics: {exc}") from None
     wandb_modes = (None, "online", "offline", "disabled")
     _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
 
 
+def check_flag_combinations(given: dict[str, Any]) -> None:
+    """Options that only mean something together with others, refused as the official train.py does.
+
+    `given` holds only what the user typed (nested like the config).
+    """
+    aug = given.get("aug", {})
+    mode = aug.get("mode", "ada")
+    _check(not (mode == "fixed" and "p" not in aug), "--aug=fixed requires --p")
+    _check("p" not in aug or mode == "fixed", "--p can only be given with --aug=fixed")
+    _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
+    _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
+    for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
+                      ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):
+        _check(key not in aug or mode == "ada", f"{flag} can only be given with --aug=ada")
+
+
 def check_against_data(cfg: TrainConfig, resolution: int) -> None:
-    """Checks that need the dataset: the networks' size limits."""
+    """Checks that need the dataset: the networks' and the pipeline's size limits."""
     _check(4 <= resolution <= 1024, f"the data is {resolution}x{resolution}; resolutions 4..1024 are supported")
     _check(math.log2(resolution).is_integer(), f"the data resolution {resolution} is not a power of two")
+    _check(
+        resolution >= 8 or cfg.aug.mode == "noaug",
+        f"the augmentation pipeline needs images of at least 8x8 (the data is {resolution}x{resolution}); "
+        "use --aug=noaug",
+    )

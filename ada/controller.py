@@ -16,6 +16,9 @@ import torch
 
 # Above this p, the standard transforms start to leak into G's outputs.
 LEAK_THRESHOLD = 0.8
+# Thousands of images for p to move by 1: the default, and the faster reaction of transfer runs.
+ADA_KIMG = 500.0
+ADA_KIMG_TRANSFER = 100.0
 
 
 def r_t(sign_sum: float, count: float) -> float:
@@ -50,7 +53,7 @@ class AdaController:
         self,
         target: float = 0.6,
         interval: int = 4,
-        ada_kimg: float = 500.0,
+        ada_kimg: float = ADA_KIMG,
         p: float = 0.0,
         p_max: float = 1.0,
         heuristic: str = "rt",
@@ -72,11 +75,13 @@ class AdaController:
         self.warned_leak = False
 
     def accumulate(self, real_signs: torch.Tensor) -> None:
-        total = float(real_signs.sum())
+        # A NaN logit has no sign; counting it would move p at random.
+        finite = real_signs[torch.isfinite(real_signs)]
+        total = float(finite.sum())
         self.sign_sum += total
-        self.sign_count += real_signs.numel()
+        self.sign_count += finite.numel()
         self.tick_sign_sum += total
-        self.tick_sign_count += real_signs.numel()
+        self.tick_sign_count += finite.numel()
 
     def step(self, batch_idx: int, batch: int, reduce=None) -> bool:
         """Call after every minibatch; updates p every `interval` batches. Returns whether it ran."""

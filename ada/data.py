@@ -17,6 +17,7 @@ datasets decode per batch in `--workers` loader processes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -168,6 +169,9 @@ class DatasetInfo:
     channels: int
     c_dim: int
     num_images: int
+    # Identifies the images (their names, size and labels): resuming on the same fingerprint continues
+    # the run, on another one it is a transfer.
+    fingerprint: str = ""
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -201,7 +205,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     @property
     def info(self) -> DatasetInfo:
-        return DatasetInfo(self.name, self.resolution, self.channels, self.c_dim, len(self.names))
+        digest = hashlib.sha256("\n".join(self.names).encode())
+        digest.update(f"{self.resolution}/{self.channels}/{self.c_dim}".encode())
+        if self.labels is not None:
+            digest.update(np.ascontiguousarray(self.labels).tobytes())
+        return DatasetInfo(
+            self.name, self.resolution, self.channels, self.c_dim, len(self.names), digest.hexdigest()[:16]
+        )
 
     def __len__(self) -> int:
         return len(self.names) * (2 if self.mirror else 1)
@@ -238,13 +248,18 @@ class ImageDataset(torch.utils.data.Dataset):
             flip = idx >= len(self.names)
             if flip.any():
                 images[flip] = images[flip][..., ::-1]
+        return torch.from_numpy(images), self.labels_of(indices)
+
+    def labels_of(self, indices: list[int]) -> torch.Tensor:
+        """Float labels [len(indices), c_dim] (one-hot for class ids), without touching any image."""
+        base = np.asarray(indices, dtype=np.int64) % len(self.names)
         if self.labels is None or self.c_dim == 0:
-            labels = np.zeros([len(idx), self.c_dim], dtype=np.float32)
+            labels = np.zeros([len(base), self.c_dim], dtype=np.float32)
         elif self.labels.ndim == 1:
             labels = np.eye(self.c_dim, dtype=np.float32)[self.labels[base]]
         else:
             labels = self.labels[base]
-        return torch.from_numpy(images), torch.from_numpy(labels)
+        return torch.from_numpy(labels)
 
     def subset(self, indices: list[int], name: str | None = None) -> ImageDataset:
         """A dataset of some of these images (indices into the un-mirrored list)."""

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ada.data import ImageSource, load_labels, open_image
 from ada.errors import UserError
 from ada.files import atomic_write
+from ada.progress import progress
 
 
 def centre_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
@@ -50,7 +50,7 @@ def convert(source: str, dest: str, resolution: int, channels: int | None = None
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             items = list(zip(src.names, out_names, images, strict=True))
-            for name, out_name, img in tqdm(items, desc="convert", disable=None):
+            for name, out_name, img in progress(items, desc="convert", unit="img"):
                 try:
                     img = centre_crop_resize(img.convert("RGB" if channels == 3 else "L"), resolution)
                 except OSError as exc:

@@ -47,9 +47,8 @@ class DistContext:
         if self.active and w_avg is not None:
             w_avg.copy_(self.all_reduce_mean(w_avg))
 
-    def gather_rng_states(self) -> list[torch.Tensor]:
-        """Every rank's CPU RNG state, so a resumed run continues each rank's random stream."""
-        state = torch.get_rng_state()
+    def gather_states(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's value of `state` (an RNG state), so a resumed run continues each rank's stream."""
         if not self.active:
             return [state]
         states = [torch.empty_like(state) for _ in range(self.world_size)]

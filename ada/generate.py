@@ -12,6 +12,9 @@ from ada.checkpoint import load_generator
 from ada.errors import UserError
 from ada.images import save_grid, save_png, to_uint8
 
+# np.random.RandomState, which turns a seed into z as the official generate.py does, takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
 
 def parse_seeds(text: str) -> list[int]:
     """'0-3,7' -> [0, 1, 2, 3, 7]."""
@@ -24,6 +27,8 @@ def parse_seeds(text: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise UserError(f"--seeds: the range {part} is empty")
+        if hi > MAX_SEED:
+            raise UserError(f"--seeds: {hi} is outside 0..{MAX_SEED}, the seeds numpy's RandomState takes")
         seeds.extend(range(lo, hi + 1))
     return seeds
 

@@ -19,6 +19,10 @@ from ada.errors import UserError
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Any]:
     """Preset, then auto rules from the data, then the user's flags; validated. Returns (cfg, dataset)."""
+    config_mod.check_flag_combinations(overrides)
+    if "batch" in overrides and "batch_gpu" not in overrides:
+        # A batch the user chose runs in one pass per GPU, as the official --batch does.
+        overrides = {**overrides, "batch_gpu": None}
     cfg = config_mod.load_preset(preset)
     config_mod.apply_overrides(cfg, overrides, source="command line")
     config_mod.validate(cfg)
@@ -36,11 +40,12 @@ def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
     return take_subset(train_set, cfg.subset, seed=cfg.seed), val_set
 
 
-def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
-    """Resuming a run directory continues in it; anything else gets a new numbered directory."""
+def run_dir_for(cfg: TrainConfig, dataset_name: str, transfer: bool) -> Path:
+    """Resuming a run directory on its own data continues in it; anything else, a fine-tune from a
+    run directory included, gets a new numbered directory, so the source run is never written to."""
     from ada.training import make_run_dir, run_description
 
-    if cfg.resume and Path(cfg.resume).is_dir():
+    if cfg.resume and Path(cfg.resume).is_dir() and not transfer:
         return Path(cfg.resume)
     return make_run_dir(Path(cfg.outdir), run_description(cfg, dataset_name))
 
@@ -76,8 +81,11 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
         raise UserError("--gpus > 1 needs the distributed launcher, which is not available yet")
     environment_setup(cfg)
     # Build (and so check the --resume checkpoint) before any directory is created.
-    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()))
-    run_dir = run_dir_for(cfg, dataset.name)
+    # Metrics compare against every real image, without the x-flips, as the official *_full metrics do.
+    eval_set = dataset.subset(list(range(len(dataset.names))))
+    eval_set.mirror = False
+    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()), eval_set=eval_set)
+    run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
     print(f"Run directory: {run_dir}")
     trainer.run(run_dir)
     return run_dir

@@ -115,8 +115,10 @@ class StyleGAN2Loss:
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
             gen_img, gen_ws = self.run_G(gen_z[:n], None if gen_c is None else gen_c[:n])
             lengths = path_lengths(gen_img, gen_ws, path_length_noise(gen_img))
-            pl_mean = self.pl_mean.lerp(lengths.detach().mean(), self.pl_decay)
-            self.pl_mean.copy_(pl_mean)
+            pl_mean = self.pl_mean.lerp(lengths.mean(), self.pl_decay)
+            # A non-finite step is skipped by the trainer; it must not poison the running mean for good.
+            if bool(torch.isfinite(pl_mean)):
+                self.pl_mean.copy_(pl_mean.detach())
             penalty = (lengths - pl_mean).square() * self.pl_weight
             stats["loss_G_pl"] = penalty.detach().mean()
             # The zero-weighted image term keeps every synthesis parameter in the graph.
@@ -126,7 +128,6 @@ class StyleGAN2Loss:
                 with torch.no_grad():
                     gen_img, _ = self.run_G(gen_z, gen_c)
                 gen_logits = self.run_D(gen_img, gen_c)
-                stats["logit_gen"] = gen_logits.detach().mean()
                 loss_gen = d_loss_gen(gen_logits)
                 loss_gen.mean().mul(gain).backward()
             do_r1 = phase == "Dreg"

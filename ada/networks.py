@@ -515,9 +515,11 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def forward(self, x: torch.Tensor, img: torch.Tensor | None, cmap: torch.Tensor | None) -> torch.Tensor:
-        x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         if self.architecture == "skip":
-            x = x + self.fromrgb(img.to(torch.float32))
+            y = self.fromrgb(img.to(torch.float32))
+            x = y if x is None else x.to(dtype=torch.float32, memory_format=torch.contiguous_format) + y
+        else:
+            x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         if self.mbstd_num_channels > 0:
             x = ops.minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.conv(x)
@@ -579,8 +581,10 @@ class Discriminator(nn.Module):
             self.mapping = MappingNetwork(
                 z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None, **(mapping_kwargs or {})
             )
+        # A 4x4 D has no blocks, so its epilogue reads the image itself, through the skip architecture's fromrgb.
+        epilogue_common = dict(common, architecture="skip") if img_resolution == 4 else common
         self.b4 = DiscriminatorEpilogue(
-            channels[4], cmap_dim=cmap_dim, resolution=4, **(epilogue_kwargs or {}), **common
+            channels[4], cmap_dim=cmap_dim, resolution=4, **(epilogue_kwargs or {}), **epilogue_common
         )
         self.reduced_dtype: torch.dtype | None = torch.float16
         self.memory_format = torch.contiguous_format

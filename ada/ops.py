@@ -62,7 +62,9 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     without ever multiplying the inserted zeros: a quarter of the work.
     """
     c = x.shape[1]
-    kernel = _depthwise(f.flip([0, 1]) * 4, c, x.dtype)
+    # A transposed convolution scatters each pixel through the kernel, which is already a true
+    # convolution with it: unlike in the F.conv2d paths, `f` is not flipped here.
+    kernel = _depthwise(f * 4, c, x.dtype)
     return F.conv_transpose2d(x, kernel, stride=2, padding=1, groups=c)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,14 +32,17 @@ import torch
 
 from ada import checkpoint as ckpt_io
 from ada.config import TrainConfig
-from ada.controller import AdaController
-from ada.data import ImageDataset, infinite_loader
+from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController, r_v
+from ada.data import DatasetInfo, ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
+from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
 from ada.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.networks import Discriminator, Generator
+from ada.progress import format_tick
+from ada.tracking import Tracker
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -85,23 +87,49 @@ class TickStats:
         return out
 
 
-def build_networks(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[Generator, Discriminator]:
+def network_kwargs(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[dict, dict]:
+    """Constructor arguments of G and D for a fresh run (the official argument names)."""
     m = cfg.model
-    num_fp16_res = 0 if cfg.fp32 else m.num_fp16_res
-    conv_clamp = None if cfg.fp32 else m.conv_clamp
-    G = Generator(
+    common = dict(channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=m.num_fp16_res,
+                  conv_clamp=m.conv_clamp)
+    G_kwargs = dict(
         z_dim=m.z_dim, c_dim=c_dim, w_dim=m.w_dim, img_resolution=resolution, img_channels=channels,
-        mapping_kwargs=dict(num_layers=m.map_layers),
-        synthesis_kwargs=dict(
-            channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp
-        ),
+        mapping_kwargs=dict(num_layers=m.map_layers), synthesis_kwargs=dict(common),
     )
-    D = Discriminator(
+    D_kwargs = dict(
         c_dim=c_dim, img_resolution=resolution, img_channels=channels, architecture=m.d_architecture,
-        channel_base=m.channel_base, channel_max=m.channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
-        epilogue_kwargs=dict(mbstd_group_size=m.mbstd_group),
+        epilogue_kwargs=dict(mbstd_group_size=m.mbstd_group), **common,
     )
-    return G, D
+    return apply_fp32(cfg, G_kwargs, D_kwargs)
+
+
+def apply_fp32(cfg: TrainConfig, G_kwargs: dict, D_kwargs: dict) -> tuple[dict, dict]:
+    """--fp32: no reduced-precision layers and no activation clamping, as the official option does."""
+    G_kwargs, D_kwargs = copy.deepcopy(G_kwargs), copy.deepcopy(D_kwargs)
+    if cfg.fp32:
+        for kwargs in (G_kwargs["synthesis_kwargs"], D_kwargs):
+            kwargs["num_fp16_res"] = 0
+            kwargs["conv_clamp"] = None
+    return G_kwargs, D_kwargs
+
+
+def build_networks(cfg: TrainConfig, resolution: int, channels: int, c_dim: int) -> tuple[Generator, Discriminator]:
+    G_kwargs, D_kwargs = network_kwargs(cfg, resolution, channels, c_dim)
+    return Generator(**G_kwargs), Discriminator(**D_kwargs)
+
+
+@dataclass
+class ResumeSource:
+    """What a --resume file provides: networks always, the training state only to continue the same data."""
+
+    path: Path
+    G_kwargs: dict
+    D_kwargs: dict
+    G: dict
+    D: dict
+    G_ema: dict
+    transfer: bool
+    state: dict[str, Any] | None
 
 
 def freeze_d_layers(D: Discriminator, n: int) -> list[torch.nn.Parameter]:
@@ -138,6 +166,11 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     torch._foreach_lerp_(ema_params, [p.detach() for p in G.parameters()], 1 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+def finite_or_none(value: Any) -> Any:
+    """Non-finite floats become null: stats.jsonl stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -207,15 +240,19 @@ class Trainer:
         val_set: ImageDataset | None,
         dist: DistContext,
         log: Callable[[str], None] = print,
+        eval_set: ImageDataset | None = None,
     ):
         self.cfg = cfg
         self.train_set = train_set
         self.val_set = val_set
+        # Metrics compare against every real image, as the official code does.
+        self.eval_set = eval_set if eval_set is not None else train_set
         self.dist = dist
         self.device = dist.device
         self.run_dir: Path | None = None
-        self.log = log if dist.rank == 0 else (lambda msg: None)
-        self.batch_gpu = cfg.batch // dist.world_size
+        self._print = log if dist.rank == 0 else (lambda msg: None)
+        self.per_rank = cfg.batch // dist.world_size
+        self.batch_gpu = cfg.batch_gpu or self.per_rank
         self.progress = Progress()
         # Per phase, how many of its updates in a row had non-finite gradients.
         self.bad_streak: dict[str, int] = {}
@@ -229,14 +266,21 @@ class Trainer:
         self.shared_gen = torch.Generator().manual_seed(cfg.seed)
 
         info = train_set.info
-        self.G, self.D = build_networks(cfg, info.resolution, info.channels, info.c_dim)
-        self.resume_state: dict[str, Any] | None = None
-        self.transfer = False
-        if cfg.resume:
-            self._load_resume(cfg.resume, info)
+        source = self._read_resume(cfg.resume, info) if cfg.resume else None
+        self.transfer = source is not None and source.transfer
+        if source is None:
+            G_kwargs, D_kwargs = network_kwargs(cfg, info.resolution, info.channels, info.c_dim)
+        else:
+            # The architecture comes from the checkpoint; only precision follows this run's flags.
+            G_kwargs, D_kwargs = apply_fp32(cfg, source.G_kwargs, source.D_kwargs)
+        self.G = Generator(**G_kwargs)
+        self.D = Discriminator(**D_kwargs)
+        if source is not None:
+            ckpt_io.load_state(self.G, source.G, str(source.path), "G")
+            ckpt_io.load_state(self.D, source.D, str(source.path), "D")
         self.G_ema = copy.deepcopy(self.G).eval()
-        if self.resume_state is not None:
-            ckpt_io.load_state(self.G_ema, self.resume_state["G_ema"], cfg.resume, "G_ema")
+        if source is not None:
+            ckpt_io.load_state(self.G_ema, source.G_ema, str(source.path), "G_ema")
         for net in (self.G, self.D, self.G_ema):
             net.to(self.device).requires_grad_(False)
         self._apply_precision()
@@ -252,42 +296,54 @@ class Trainer:
             pl_decay=cfg.loss.pl_decay, pl_batch_shrink=cfg.loss.pl_batch_shrink, style_mixing=cfg.loss.style_mixing,
         )
         self.phases = self._build_phases(list(self.G.parameters()), d_params)
-        if self.resume_state is not None:
-            self._restore_training_state(self.resume_state)
+        if source is not None and source.state is not None:
+            self._restore_training_state(source.path, source.state)
+        # Official transfer runs drop the EMA rampup, which would otherwise overwrite G_ema at once.
+        self.ema_rampup = None if self.transfer else cfg.optim.ema_rampup
         self.data_iter = infinite_loader(
             train_set, cfg.batch, dist.rank, dist.world_size, cfg.seed, cfg.workers, start_batch=self.progress.batch_idx
         )
 
     # ----- setup -----
 
-    def _load_resume(self, spec: str, info: Any) -> None:
+    def log(self, message: str) -> None:
+        """Console (rank 0) and the run directory's log.txt."""
+        self._print(message)
+        if self.run_dir is not None and self.dist.rank == 0:
+            try:
+                with open(self.run_dir / "log.txt", "a") as f:
+                    f.write(message + "\n")
+            except OSError:
+                pass
+
+    def _read_resume(self, spec: str, info: DatasetInfo) -> ResumeSource:
         """Continue a run on the same data exactly; on other data (transfer) take the weights only."""
         path = ckpt_io.resolve_checkpoint_path(spec)
         if ckpt_io.is_our_checkpoint(path):
             state = ckpt_io.load_checkpoint(path)
             kwargs = state["G_kwargs"]
             self._check_compatible(path, kwargs["img_resolution"], kwargs["img_channels"], kwargs["c_dim"], info)
-            ckpt_io.load_state(self.G, state["G"], str(path), "G")
-            ckpt_io.load_state(self.D, state["D"], str(path), "D")
-            self.transfer = state["dataset"]["name"] != info.name
-            if self.transfer:
-                state = {"G_ema": state["G_ema"]}
-                self.log(f"Fine-tuning from {path} (trained on other data): weights only, starting at 0 kimg")
-            else:
-                self.log(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
+            same_data = state["dataset"].get("fingerprint") == info.fingerprint
+            source = ResumeSource(
+                path, state["G_kwargs"], state["D_kwargs"], state["G"], state["D"], state["G_ema"],
+                transfer=not same_data or bool(state.get("transfer", False)), state=state if same_data else None,
+            )
+            if same_data:
+                self._print(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
                 self.last_snapshot = path
-            self.resume_state = state
-        else:
-            from ada.official import load_official_pickle
+            else:
+                self._print(f"Fine-tuning from {path} (trained on other data): weights only, from 0 kimg")
+            return source
+        from ada.official import load_official_pickle
 
-            imported = load_official_pickle(path)
-            G = imported.G
-            self._check_compatible(path, G.img_resolution, G.img_channels, G.c_dim, info)
-            ckpt_io.load_state(self.G, imported.G.state_dict(), str(path), "G")
-            ckpt_io.load_state(self.D, imported.D.state_dict(), str(path), "D")
-            self.resume_state = {"G_ema": imported.G_ema.state_dict()}
-            self.transfer = True
-            self.log(f"Imported official network pickle {path}:\n{imported.report}")
+        imported = load_official_pickle(path)
+        G = imported.G
+        self._check_compatible(path, G.img_resolution, G.img_channels, G.c_dim, info)
+        self._print(f"Imported official network pickle {path}:\n{imported.report}")
+        return ResumeSource(
+            path, G.init_kwargs, imported.D.init_kwargs, G.state_dict(), imported.D.state_dict(),
+            imported.G_ema.state_dict(), transfer=True, state=None,
+        )
 
     @staticmethod
     def _check_compatible(path: Path, resolution: int, channels: int, c_dim: int, info: Any) -> None:
@@ -316,8 +372,7 @@ class Trainer:
 
     def _build_controller(self) -> AdaController:
         a = self.cfg.aug
-        # A transfer run (from weights trained on other data) reacts faster, as the official code does.
-        ada_kimg = a.ada_kimg_resume if self.transfer else a.ada_kimg
+        ada_kimg = a.ada_kimg if a.ada_kimg is not None else (ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG)
         return AdaController(
             target=a.target, interval=a.ada_interval, ada_kimg=ada_kimg, p=a.p, p_max=a.p_max,
             heuristic=a.heuristic, adjust=a.mode == "ada",
@@ -339,36 +394,48 @@ class Trainer:
             phases.append(Phase(f"{name}reg", module, params, opt, reg_interval))
         return phases
 
-    def _restore_training_state(self, state: dict[str, Any]) -> None:
-        if "opt_G" not in state:
-            return  # imported weights only: a fresh run from them
+    def _restore_training_state(self, path: Path, state: dict[str, Any]) -> None:
+        saved_freezed = state["config"].get("freezed", 0)
+        if saved_freezed != self.cfg.freezed:
+            raise UserError(
+                f"{path} was trained with --freezed={saved_freezed}; resume it with the same value "
+                "(or fine-tune from it on other data)"
+            )
         self.phases[0].opt.load_state_dict(state["opt_G"])
         next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
         known = {f.name for f in fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
+        # The snapshot was taken at the end of its tick: continue with the next one.
+        self.progress.cur_tick += 1
         self.progress.tick_start_nimg = self.progress.cur_nimg
         self.shared_gen.set_state(state["rng"]["shared"])
-        torch.set_rng_state(state["rng"]["torch"][self.dist.rank % len(state["rng"]["torch"])])
+        rank = self.dist.rank
+        torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])], self.device)
 
     # ----- the loop -----
 
     def sample_latents(self, num_phases: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[phases, batch_gpu, z_dim] latents and labels for this rank's share of the global batch."""
-        b, r = self.batch_gpu, self.dist.rank
+        """[phases, per_rank, z_dim] latents and labels for this rank's share of the global batch."""
+        b, r = self.per_rank, self.dist.rank
         z = torch.randn([num_phases, self.cfg.batch, self.G.z_dim], generator=self.shared_gen)
         z = z[:, r * b : (r + 1) * b].to(self.device)
         if self.G.c_dim == 0:
             return z, None
+        # Generated images get labels drawn from the training set's label distribution.
         idx = torch.randint(len(self.train_set), [num_phases * self.cfg.batch], generator=self.shared_gen)
-        c = self.train_set.batch(idx.tolist())[1].reshape(num_phases, self.cfg.batch, -1)
+        c = self.train_set.labels_of(idx.tolist()).reshape(num_phases, self.cfg.batch, -1)
         return z, c[:, r * b : (r + 1) * b].to(self.device)
 
     def train_step(self, tick_stats: TickStats) -> None:
+        """One minibatch: every due phase over all rounds of batch_gpu images, then EMA and the p update."""
         real_img, real_c = next(self.data_iter)
-        real_img = to_float_images(real_img, self.device)
-        real_c = real_c.to(self.device) if self.G.c_dim > 0 else None
+        real_img = to_float_images(real_img, self.device).split(self.batch_gpu)
+        real_c = real_c.to(self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
+        rounds = len(real_img)
         if self.augment_pipe is not None:
             self.augment_pipe.p.fill_(self.controller.p)
         active = [ph for ph in self.phases if self.progress.batch_idx % ph.interval == 0]
@@ -377,39 +444,38 @@ class Trainer:
             for p in phase.params:
                 p.requires_grad_(True)
             phase.opt.zero_grad(set_to_none=True)
-            pl_mean = self.loss.pl_mean.clone()
-            stats = self.loss.accumulate_gradients(
-                phase.name, real_img, real_c, gen_z[i], None if gen_c is None else gen_c[i], gain=phase.interval
-            )
+            z_rounds = gen_z[i].split(self.batch_gpu)
+            c_rounds = gen_c[i].split(self.batch_gpu) if gen_c is not None else [None] * rounds
+            for k in range(rounds):
+                stats = self.loss.accumulate_gradients(
+                    phase.name, real_img[k], None if real_c is None else real_c[k], z_rounds[k], c_rounds[k],
+                    gain=phase.interval / rounds,
+                )
+                if "real_signs" in stats:
+                    self.controller.accumulate(stats.pop("real_signs"))
+                for key, value in stats.items():
+                    tick_stats.add(key, value)
             for p in phase.params:
                 p.requires_grad_(False)
-            real_signs = stats.pop("real_signs", None)
-            if not self._apply_gradients(phase):
-                # A skipped phase leaves no trace: a non-finite path length would stay in pl_mean for good.
-                self.loss.pl_mean.copy_(pl_mean)
-                continue
-            if real_signs is not None:
-                self.controller.accumulate(real_signs)
-            for key, value in stats.items():
-                tick_stats.add(key, value)
+            self._apply_gradients(phase)
+        beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.ema_rampup)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
-        beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.cfg.optim.ema_rampup)
         update_ema(self.G_ema, self.G, beta)
         self.controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum)
         message = self.controller.leak_warning()
         if message:
             self.say(message)
 
-    def _apply_gradients(self, phase: Phase) -> bool:
+    def _apply_gradients(self, phase: Phase) -> None:
         """Average gradients across ranks and step, unless any is non-finite: then skip the step.
 
-        Returns whether the step was taken. Every rank sees the same averaged gradients, so all skip together.
+        Counted per phase: a G that stays non-finite must stop the run even while D's steps are fine.
         """
         params = [p for p in phase.params if p.grad is not None]
         if not params:
-            return True
+            return
         flat = torch.cat([p.grad.flatten() for p in params])
         flat = self.dist.all_reduce_mean(flat)
         if not bool(torch.isfinite(flat).all()):
@@ -423,12 +489,11 @@ class Trainer:
                     f"{self.progress.cur_nimg / 1000:.3f} kimg; {where}, untouched; resume from it with a lower "
                     "learning rate or --gamma"
                 )
-            return False
+            return
         self.bad_streak[phase.name] = 0
         for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
             p.grad = g.view_as(p)
         phase.opt.step()
-        return True
 
     def say(self, message: str) -> None:
         """A warning printed once per run, and recorded in the run directory's log."""
@@ -440,36 +505,43 @@ class Trainer:
             try:
                 append_jsonl(self.run_dir / "log.jsonl", {"kimg": self.progress.cur_nimg / 1000, "warning": message})
             except UserError:
-                pass  # already on the console; the disk that refused it is warned about there
+                pass  # the warning is on the console; a full disk is reported where it matters
 
     @torch.no_grad()
     def measure_overfitting(self) -> dict[str, float | None]:
-        """Mean raw logits of D on training reals, withheld reals and fakes (through the pipe at the current p)."""
+        """Mean raw logits of D on training reals, withheld reals and fakes (through the pipe at the current p).
+
+        Runs on its own random streams, so how often it runs does not change the training trajectory.
+        """
         if self.val_set is None:
             self.say("no validation split (--val=0): r_v is not measured")
             return {"logit_train": None, "logit_val": None, "logit_gen": None, "r_v": None}
-        from ada.controller import r_v
-
+        group = max(min(self.cfg.model.mbstd_group, self.batch_gpu), 1)
         n = min(RV_BATCH, len(self.val_set.names), len(self.train_set.names))
-        n = max(n - n % max(min(self.cfg.model.mbstd_group, n), 1), 1)
+        n = max(n - n % group, 1)
         gen = torch.Generator().manual_seed(self.cfg.seed + self.progress.cur_tick)
         val_idx = torch.randperm(len(self.val_set.names), generator=gen)[:n].tolist()
         train_idx = torch.randperm(len(self.train_set.names), generator=gen)[:n].tolist()
-        val_img, val_c = self.val_set.batch(val_idx)
-        tr_img, tr_c = self.train_set.batch(train_idx)
-        c = lambda t: t.to(self.device) if self.G.c_dim > 0 else None  # noqa: E731
-        z = torch.randn([n, self.G.z_dim], generator=gen).to(self.device)
-        logits = {}
-        # Measuring must not change training: G's w_avg stays, and the noise and augmentations drawn
-        # here come from a forked RNG, so the training stream is the same whenever ticks end.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            gen_img = self.G.synthesis(self.G.mapping(z, c(tr_c), update_w_avg=False), noise_mode="random")
-            for key, img, labels in (
-                ("logit_train", to_float_images(tr_img, self.device), c(tr_c)),
-                ("logit_val", to_float_images(val_img, self.device), c(val_c)),
-                ("logit_gen", gen_img, c(tr_c)),
-            ):
-                logits[key] = float(self.dist.all_reduce_mean(self.loss.run_D(img, labels).mean().reshape(1)))
+        z = torch.randn([n, self.G.z_dim], generator=gen)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed + self.progress.cur_tick)
+            sums = {"logit_train": 0.0, "logit_val": 0.0, "logit_gen": 0.0}
+            for lo in range(0, n, self.batch_gpu):
+                part = slice(lo, min(lo + self.batch_gpu, n))
+                tr_img, tr_c = self.train_set.batch(train_idx[part])
+                val_img, val_c = self.val_set.batch(val_idx[part])
+                conditional = self.G.c_dim > 0
+                c = tr_c.to(self.device) if conditional else None
+                c_val = val_c.to(self.device) if conditional else None
+                ws = self.G.mapping(z[part].to(self.device), c, update_w_avg=False)
+                for key, img, labels in (
+                    ("logit_train", to_float_images(tr_img, self.device), c),
+                    ("logit_val", to_float_images(val_img, self.device), c_val),
+                    ("logit_gen", self.G.synthesis(ws), c),
+                ):
+                    sums[key] += float(self.loss.run_D(img, labels).sum())
+        logits = {k: float(self.dist.all_reduce_mean(torch.tensor([v / n]))) for k, v in sums.items()}
         logits["r_v"] = r_v(logits["logit_train"], logits["logit_val"], logits["logit_gen"])
         self.controller.last_r_v = logits["r_v"]
         return logits
@@ -477,7 +549,21 @@ class Trainer:
     def run(self, run_dir: Path | None) -> None:
         """Train to cfg.kimg, writing into `run_dir` (rank 0; None writes nothing)."""
         self.run_dir = run_dir
+        self.start_time = time.time()
         cfg = self.cfg
+        w = cfg.wandb
+        self.tracker = (
+            Tracker.create(
+                run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
+                name=w.name, mode=w.mode, rank=self.dist.rank,
+            )
+            if run_dir is not None
+            else Tracker()
+        )
+        self.metric_suite = (
+            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say) if cfg.metrics else None
+        )
+        exit_code = 1
         total_nimg = int(cfg.kimg * 1000)
         tick_nimg = int(cfg.tick * 1000)
         stop = StopRequested()
@@ -490,17 +576,22 @@ class Trainer:
             while True:
                 self.train_step(tick_stats)
                 done = self.progress.cur_nimg >= total_nimg or stop.requested
-                if not done and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
+                # Tick 0 ends after the first step, as in the official loop: a snapshot and a console
+                # line right away show that the run works.
+                first = self.progress.cur_tick == 0
+                if not done and not first and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
-                self._end_tick(tick_stats, time.time() - tick_start, final=done)
+                self._end_tick(tick_stats, time.time() - tick_start, final=done, stopping=stop.requested)
                 tick_stats = TickStats()
                 tick_start = time.time()
                 if done:
                     break
             if stop.requested:
                 self.log("Stopped on request; final snapshot written.")
+            exit_code = 0
         finally:
             stop.uninstall()
+            self.tracker.finish(exit_code=exit_code)
 
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
@@ -526,6 +617,8 @@ class Trainer:
         if self.progress.cur_nimg == 0:
             save_grid(reals.numpy(), run_dir / "reals.png", gw, gh)
             save_grid(self.generate_grid(), run_dir / "fakes_init.png", gw, gh)
+            self.tracker.log_image(0.0, "reals", run_dir / "reals.png")
+            self.tracker.log_image(0.0, "fakes_init", run_dir / "fakes_init.png")
 
     @torch.no_grad()
     def generate_grid(self) -> torch.Tensor:
@@ -536,7 +629,7 @@ class Trainer:
             out.append(self.G_ema(z, c, noise_mode="const").cpu())
         return torch.cat(out)
 
-    def _end_tick(self, tick_stats: TickStats, seconds: float, final: bool) -> None:
+    def _end_tick(self, tick_stats: TickStats, seconds: float, final: bool, stopping: bool = False) -> None:
         cfg, prog = self.cfg, self.progress
         tick_kimg = (prog.cur_nimg - prog.tick_start_nimg) / 1000
         means = tick_stats.means(self.dist.all_reduce_mean)
@@ -558,33 +651,46 @@ class Trainer:
             "mem_gpu_gb": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
             "skipped_steps": prog.skipped_steps,
         }
+        record = {key: finite_or_none(value) for key, value in record.items()}
         if self.dist.rank == 0:
-            self.log(format_tick(record))
-        snapshot = final or (prog.cur_tick % cfg.snap == 0 and prog.cur_tick > 0)
-        # Advance before the snapshot: it records where the next tick starts, so a resumed run numbers on.
+            self.log(format_tick(record, elapsed_s=time.time() - self.start_time))
+            self.tracker.log_tick(record)
+        snapshot = final or prog.cur_tick % cfg.snap == 0
+        if self.dist.rank == 0 and self.run_dir is not None:
+            try:
+                append_jsonl(self.run_dir / "stats.jsonl", record)
+                prog.stats_lines += 1
+            except UserError as exc:  # a full disk: the snapshot below may still fit, or the next one
+                self.say(f"{exc}; training goes on")
+        if snapshot:
+            kimg = prog.cur_nimg / 1000
+            name = ckpt_io.snapshot_name(kimg)
+            if self.dist.rank == 0 and self.run_dir is not None:
+                grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
+                try:
+                    save_grid(self.generate_grid(), grid_path, *self.grid)
+                    self.tracker.log_image(kimg, "fakes", grid_path)
+                except UserError as exc:
+                    self.say(f"{exc}; training goes on")
+                self.save_snapshot(self.run_dir / name, final=final)
+            if not stopping:  # a stop request (preemption) leaves little time: metrics can run after resume
+                self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
         prog.tick_start_nimg = prog.cur_nimg
-        if self.dist.rank == 0 and self.run_dir is not None:
-            self._write_tick(record, snapshot, final)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _write_tick(self, record: dict[str, Any], snapshot: bool, final: bool) -> None:
-        """The stats line, and at snapshot ticks the sample grid and the snapshot.
-
-        A failed write (full disk, permissions) costs only that file: the run goes on and writes
-        again next time. Only a failed final snapshot ends the run with an error.
-        """
-        kimg = self.progress.cur_nimg / 1000
-        try:
-            append_jsonl(self.run_dir / "stats.jsonl", record)
-            self.progress.stats_lines += 1
-            if snapshot:
-                save_grid(self.generate_grid(), self.run_dir / f"fakes{int(kimg):06d}.png", *self.grid)
-        except UserError as exc:
-            self.say(f"{exc}; training goes on")
-        if snapshot:
-            self.save_snapshot(self.run_dir / ckpt_io.snapshot_name(kimg), final=final)
+    def evaluate_metrics(self, snapshot: str, kimg: float) -> None:
+        """Every rank takes part; rank 0 writes metric-NAME.jsonl, the console line and wandb."""
+        if self.metric_suite is None or not self.metric_suite.specs:
+            return
+        reals = MetricReals(self.eval_set, self.cfg.data)
+        results = self.metric_suite.evaluate(self.G_ema, reals, self.dist.rank, self.dist.world_size)
+        if self.dist.rank == 0 and self.run_dir is not None:
+            write_results(results, self.run_dir, snapshot, kimg)
+            self.log(f"metrics at {kimg:.1f} kimg: {format_results(results)}")
+            for result in results:
+                self.tracker.log_metric(kimg, dict(result.results))
 
     def checkpoint_state(self) -> dict[str, Any]:
         opt_D = next(p for p in self.phases if p.name == "Dmain").opt
@@ -600,13 +706,23 @@ class Trainer:
             "controller": self.controller.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
             "progress": asdict(self.progress),
-            "rng": {"torch": self.dist.gather_rng_states(), "shared": self.shared_gen.get_state()},
+            "rng": {
+                "torch": self.dist.gather_states(torch.get_rng_state()),
+                "cuda": self.dist.gather_states(torch.cuda.get_rng_state(self.device))
+                if self.device.type == "cuda"
+                else None,
+                "shared": self.shared_gen.get_state(),
+            },
+            "transfer": self.transfer,
             "config": self.cfg.to_dict(),
             "dataset": asdict(self.train_set.info),
         }
 
     def save_snapshot(self, path: Path, final: bool = False) -> None:
-        """Write a snapshot; never one with non-finite weights, never over the last good one half-written."""
+        """Write a snapshot; never one with non-finite weights, never over the last good one half-written.
+
+        A failed write is a warning while training goes on; a failed final snapshot ends the run with an error.
+        """
         last = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "there is no snapshot yet"
         try:
             if not all(bool(torch.isfinite(t).all()) for net in (self.G, self.D, self.G_ema) for t in net.parameters()):
@@ -629,23 +745,7 @@ def _cpu_memory_gb() -> float:
         return float("nan")
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
-def format_tick(r: dict[str, Any]) -> str:
-    """One console line per tick."""
-    return (
-        f"tick {r['tick']:<5d} kimg {r['kimg']:<8.1f} sec/kimg {_fmt(r['sec_per_kimg'], '<7.2f')} "
-        f"p {_fmt(r['p'], '.3f')} r_t {_fmt(r['r_t'], '.3f')} r_v {_fmt(r['r_v'], '.3f')} "
-        f"G {_fmt(r['loss_G'], '.3f')} D {_fmt(r['loss_D'], '.3f')} "
-        f"cpumem {_fmt(r['mem_cpu_gb'], '.2f')}G gpumem {_fmt(r['mem_gpu_gb'], '.2f')}G"
-        + (f" skipped {r['skipped_steps']}" if r["skipped_steps"] else "")
-    )
-
-
 def environment_setup(cfg: TrainConfig) -> None:
     torch.backends.cudnn.benchmark = not cfg.nobench
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Metric statistics caches go to a scratch folder, never the user's ~/.cache.
+os.environ["ADA_CACHE_DIR"] = tempfile.mkdtemp(prefix="ada-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,3 +43,11 @@ def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     write_images(folder, 24, 16)
     return folder
+
+
+@pytest.fixture
+def official_names(monkeypatch):
+    """Stand-in modules under the official names, so that pickle writes those global names."""
+    from tests._official_fixture import install_official_names
+
+    return install_official_names(monkeypatch)

@@ -30,7 +30,7 @@ def train(outdir, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 0.096 kimg run (6 steps of 16): 3 ticks, snapshots at ticks 2 and the end."""
+    """A 0.096 kimg run (6 steps of 16): tick 0 after the first step, then ticks at 48, 80 and 96 images."""
     outdir = tmp_path_factory.mktemp("runs")
     return train(outdir, "--kimg", "0.096")
 
@@ -41,7 +41,8 @@ def test_tiny_run_writes_grids_snapshot_and_stats(tiny_run):
     assert any(n.startswith("fakes0") for n in names)
     assert "network-snapshot-000000.pt" in names
     stats = read_jsonl(tiny_run / "stats.jsonl")
-    assert [s["tick"] for s in stats] == [0, 1, 2]
+    assert [s["tick"] for s in stats] == [0, 1, 2, 3]
+    assert [s["kimg"] for s in stats] == pytest.approx([0.016, 0.048, 0.08, 0.096])
     assert stats[-1]["kimg"] == pytest.approx(0.096)
     for record in stats:
         assert STATS_KEYS <= set(record)

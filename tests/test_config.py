@@ -20,7 +20,8 @@ def test_paper_presets_match_the_ada_paper():
     p256 = config.load_preset("paper256")
     assert (p256.batch, p256.model.channel_base, p256.loss.r1_gamma, p256.optim.ema_kimg) == (64, 16384, 1, 20)
     p1024 = config.load_preset("paper1024")
-    assert (p1024.model.channel_base, p1024.optim.lr, p1024.loss.r1_gamma) == (65536, 0.002, 2)
+    assert (p1024.model.channel_base, p1024.optim.lr, p1024.loss.r1_gamma) == (32768, 0.002, 2)
+    assert (p1024.batch, p1024.batch_gpu) == (32, 4)  # the official batch over 8 reference GPUs
     cifar = config.load_preset("cifar")
     assert (cifar.loss.pl_weight, cifar.loss.style_mixing, cifar.model.d_architecture) == (0, 0, "orig")
 
@@ -69,5 +70,41 @@ def test_validation_messages(overrides, message):
         config.validate(cfg)
 
 
-def test_ada_step_is_per_image():
-    assert config.ada_step(batch=64, ada_interval=4, ada_kimg=500) == pytest.approx(2 * config.ada_step(32, 4, 500))
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"aug": {"mode": "fixed"}}, "--aug=fixed requires --p"),
+        ({"aug": {"p": 0.2}}, "--p can only be given with --aug=fixed"),
+        ({"aug": {"mode": "noaug", "target": 0.7}}, "--target can only be given with --aug=ada"),
+        ({"aug": {"mode": "noaug", "pipe": "bg"}}, "--augpipe cannot be given with --aug=noaug"),
+        ({"aug": {"mode": "fixed", "p": 0.2, "ada_kimg": 10}}, "--ada-kimg can only be given with --aug=ada"),
+    ],
+)
+def test_flag_combinations_the_official_code_refuses(given, message):
+    with pytest.raises(UserError, match=message):
+        config.check_flag_combinations(given)
+
+
+def test_valid_flag_combinations_pass():
+    config.check_flag_combinations({"aug": {"mode": "fixed", "p": 0.3, "pipe": "bg"}})
+    config.check_flag_combinations({"aug": {"target": 0.7, "ada_kimg": 100}})
+
+
+def test_rv_heuristic_needs_a_validation_split_and_metrics_are_checked():
+    cfg = config.load_preset("tiny")
+    cfg.data = "x"
+    config.apply_overrides(cfg, {"val": 0.0, "aug": {"heuristic": "rv"}}, source="test")
+    with pytest.raises(UserError, match="--ada-heuristic=rv needs"):
+        config.validate(cfg)
+    cfg.aug.heuristic = "rt"
+    cfg.metrics = ["fid50x"]
+    with pytest.raises(UserError, match="--metrics"):
+        config.validate(cfg)
+
+
+def test_augmentation_needs_8_pixels():
+    cfg = config.load_preset("tiny")
+    with pytest.raises(UserError, match="at least 8x8"):
+        config.check_against_data(cfg, 4)
+    cfg.aug.mode = "noaug"
+    config.check_against_data(cfg, 4)

@@ -1,9 +1,6 @@
 """Importing official stylegan2-ada-pytorch network pickles without running their code.
 
-The pickles here are written by the tests in the official structure: every module becomes a
-call to torch_utils.persistence._reconstruct_persistent_obj(meta) holding the module's
-__dict__ as its state, init kwargs in dnnlib.util.EasyDict, gains as numpy scalars, and a
-placeholder where the official format carries the module's source code.
+The pickles here are written by the tests in the official structure (tests/_official_fixture.py).
 """
 
 from __future__ import annotations
@@ -11,8 +8,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,71 +17,9 @@ from torch import nn
 from ada import official
 from ada.errors import UserError
 from ada.networks import Discriminator, Generator
+from tests._official_fixture import AugmentPipe, write_official
 
-PLACEHOLDER_SRC = "raise RuntimeError('placeholder for the module source an official pickle carries')\n"
 PROTOCOLS = [2, 3, 4, 5]
-
-
-@pytest.fixture
-def official_names(monkeypatch):
-    """Stand-in modules under the official names, so that pickle writes those global names."""
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("the importer must resolve this name to its own function")
-
-    class EasyDict(dict):
-        pass
-
-    persistence = types.ModuleType("torch_utils.persistence")
-    _reconstruct_persistent_obj.__module__ = persistence.__name__
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util = types.ModuleType("dnnlib.util")
-    EasyDict.__module__, EasyDict.__qualname__ = util.__name__, "EasyDict"
-    util.EasyDict = EasyDict
-    torch_utils, dnnlib = types.ModuleType("torch_utils"), types.ModuleType("dnnlib")
-    torch_utils.persistence, dnnlib.util = persistence, util
-    for module in (torch_utils, persistence, dnnlib, util):
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-    return types.SimpleNamespace(reconstruct=_reconstruct_persistent_obj, EasyDict=EasyDict)
-
-
-class OfficialStylePickler(pickle.Pickler):
-    """Pickles nn.Modules the way torch_utils.persistence does, from their __dict__.
-
-    Like the official modules: all buffers are persistent (the resample filters included),
-    float hyper-parameters are numpy float64, nested kwargs are EasyDicts; attributes that only
-    our modules have (dtype and memory-format settings) are left out.
-    """
-
-    def __init__(self, file, protocol, names, init_kwargs=None):
-        super().__init__(file, protocol=protocol)
-        self.names = names
-        self.init_kwargs = init_kwargs or {}
-
-    def reducer_override(self, obj):
-        if not isinstance(obj, nn.Module):
-            return NotImplemented
-        state = {}
-        for key, value in obj.__dict__.items():
-            if isinstance(value, (torch.dtype, torch.memory_format)) or key == "init_kwargs":
-                continue
-            state[key] = np.float64(value) if type(value) is float else value
-        state["_non_persistent_buffers_set"] = set()
-        kwargs = self.init_kwargs.get(id(obj), getattr(obj, "init_kwargs", {}))
-        state["_init_args"] = ()
-        state["_init_kwargs"] = {
-            k: self.names.EasyDict(v) if isinstance(v, dict) else v for k, v in kwargs.items()
-        }
-        meta = dict(type="class", version=6, module_src=PLACEHOLDER_SRC, class_name=type(obj).__name__, state=state)
-        return self.names.reconstruct, (meta,)
-
-
-def write_official(path, data, names, protocol=3, init_kwargs=None):
-    buf = io.BytesIO()
-    OfficialStylePickler(buf, protocol, names, init_kwargs).dump(data)
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 # ---- the restricted unpickler and the records, on small stand-in modules ----
@@ -231,17 +164,6 @@ D_KWARGS = dict(
     img_resolution=16, img_channels=3, architecture="resnet", channel_base=256, channel_max=32,
     num_fp16_res=2, conv_clamp=256, block_kwargs={}, mapping_kwargs={}, epilogue_kwargs={"mbstd_group_size": 2},
 )
-
-
-class AugmentPipe(nn.Module):
-    """Stand-in with the official AugmentPipe's state: the p buffer and fixed filter banks."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.register_buffer("p", torch.tensor(p))
-        self.register_buffer("Hz_geom", torch.randn(12))
-        self.xflip = 1.0
-        self.init_kwargs = dict(xflip=1, rotate90=1, xint=1)
 
 
 def make_snapshot(c_dim: int, seed: int = 0):

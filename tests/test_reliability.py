@@ -6,9 +6,8 @@ and, if they persist, stop the run with the last good snapshot intact; a failed 
 previous snapshot and says so; checkpoints never run code; bad datasets are refused through the
 command line; the same seed gives the same steps, bit for bit.
 
-The runs are tiny: 16 px, batch 4, 8 training images, one step per tick, a snapshot every tick
-from the second on, adaptive augmentation that moves p at every step (from 0.3) so a lost p
-would show.
+The runs are tiny: 16 px, batch 4, 8 training images, one step per tick, a snapshot every tick,
+adaptive augmentation that moves p at every step (from 0.3) so a lost p would show.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ OVERRIDES = {
     "data": "lfw-faces16", "subset": 8, "batch": STEP_NIMG, "tick": 0.004, "snap": 1,
     "aug": {"mode": "ada", "p": 0.3, "ada_kimg": 0.1, "ada_interval": 1},
 }
-TOTAL_NIMG = 20  # 5 steps, 5 ticks; the first snapshot comes after step 2 (tick 1)
+TOTAL_NIMG = 20  # 5 steps, 5 ticks, each with a snapshot
 TOTAL_KIMG = str(TOTAL_NIMG / 1000)
 SNAPSHOT = "network-snapshot-000000.pt"  # every snapshot below 1 kimg has this name
 # Stats fields that depend on the clock or the machine, not on the training.
@@ -125,10 +124,10 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a["rng"]["torch"], b["rng"]["torch"], strict=True))
 
 
-def build_trainer(**extra) -> Trainer:
+def build_trainer(log=lambda message: None, **extra) -> Trainer:
     cfg, dataset = resolve_config("tiny", {**OVERRIDES, **extra})
     train_set, val_set = split_dataset(cfg, dataset)
-    return Trainer(cfg, train_set, val_set, DistContext(), log=lambda message: None)
+    return Trainer(cfg, train_set, val_set, DistContext(), log=log)
 
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -160,7 +159,7 @@ def test_reference_run_moves_p(reference):
     run, final = reference
     ps = [r["p"] for r in assert_stats_clean(run / "stats.jsonl", TOTAL_NIMG / 1000)]
     assert len(set(ps)) > 1 and 0.3 not in ps, ps
-    assert final["progress"]["cur_nimg"] == TOTAL_NIMG and final["progress"]["cur_tick"] == 5
+    assert final["progress"]["cur_nimg"] == TOTAL_NIMG and final["progress"]["cur_tick"] == 4
 
 
 # ----- killed, stopped, resumed -----
@@ -219,8 +218,8 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
     run = only_run(outdir)
     snap = load_checkpoint(run / SNAPSHOT)
     stopped_at = snap["progress"]["cur_nimg"]
-    # At least one step after the first snapshot (step 2), and far from --kimg 1.
-    assert 2 * STEP_NIMG < stopped_at < TOTAL_NIMG and stopped_at % STEP_NIMG == 0
+    # At least one step after the first snapshot (step 1), and far from --kimg 1.
+    assert STEP_NIMG < stopped_at < TOTAL_NIMG and stopped_at % STEP_NIMG == 0
     stats = assert_stats_clean(run / "stats.jsonl", stopped_at / 1000)
     assert snap["progress"]["stats_lines"] == len(stats)
 
@@ -234,7 +233,6 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
 def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
     """Also a resume from a snapshot file, which starts a new run directory with a stats file of its own."""
     ref_run, _ = reference
-    trainer = build_trainer(kimg=1.0, resume=str(ref_run / SNAPSHOT))
     messages = []
 
     def log(message: str) -> None:
@@ -242,7 +240,7 @@ def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
         if message.startswith("tick ") and len([m for m in messages if m.startswith("tick ")]) == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    trainer.log = log
+    trainer = build_trainer(log=log, kimg=1.0, resume=str(ref_run / SNAPSHOT))
     trainer.run(tmp_path)
     snap = load_checkpoint(tmp_path / SNAPSHOT)
     # The interrupt came at the end of the first tick: one more step, then the final snapshot.
@@ -313,9 +311,8 @@ def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(
 
 
 def test_no_snapshot_with_non_finite_weights(tmp_path):
-    trainer = build_trainer()
     warnings = []
-    trainer.log = warnings.append
+    trainer = build_trainer(log=warnings.append)
     trainer.run_dir = tmp_path
     good = tmp_path / "network-snapshot-000000.pt"
     trainer.save_snapshot(good)
@@ -333,9 +330,8 @@ def test_no_snapshot_with_non_finite_weights(tmp_path):
 
 
 def test_failed_snapshot_write_keeps_the_previous_one_and_says_so(tmp_path, monkeypatch):
-    trainer = build_trainer()
     warnings = []
-    trainer.log = warnings.append
+    trainer = build_trainer(log=warnings.append)
     trainer.run_dir = tmp_path
     good = tmp_path / "network-snapshot-000000.pt"
     trainer.save_snapshot(good)
@@ -351,7 +347,7 @@ def test_failed_snapshot_write_keeps_the_previous_one_and_says_so(tmp_path, monk
     assert "No space left on device" in message and f"the last good snapshot is {good}" in message
     assert "training goes on" in message
     assert good.read_bytes() == before and not (tmp_path / "network-snapshot-000001.pt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [good.name, "log.jsonl"]  # no temporary files left
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert load_checkpoint(good)["progress"]["cur_nimg"] == 0
     with pytest.raises(UserError, match="No space left on device.*the last good snapshot is"):
         trainer.save_snapshot(good, final=True)
@@ -526,20 +522,18 @@ def test_loader_workers_survive_ctrl_c(tmp_path):
 
 def test_same_seed_same_steps_bit_for_bit():
     """Two runs, one after the other in one process (Trainer seeds torch's global RNG). The first also
-    ends a tick between its steps: measuring r_v must not change what training draws."""
+    measures r_v between its steps, as a tick end does: that must not change what training draws."""
     a = build_trainer()
     initial = copy.deepcopy(a.G.state_dict())
     a.train_step(TickStats())
-    a._end_tick(TickStats(), seconds=1.0, final=False)
+    a.measure_overfitting()
     a.train_step(TickStats())
     state_a = a.checkpoint_state()
     b = build_trainer()
     for _ in range(2):
         b.train_step(TickStats())
     state_b = b.checkpoint_state()
-    state_b["progress"]["cur_tick"] = state_b["progress"]["tick_start_nimg"] = None
-    state_a["progress"]["cur_tick"] = state_a["progress"]["tick_start_nimg"] = None
-    state_a["controller"]["last_r_v"] = None  # the one thing the tick measured
+    state_a["controller"]["last_r_v"] = None  # the one thing the measurement changes
     assert_same_training_state(state_a, state_b)
     assert state_a["controller"]["p"] != 0.3  # augmentation ran, with a moving p
     assert any(not torch.equal(t, initial[n]) for n, t in state_a["G"].items())  # and G trained

@@ -1,0 +1,134 @@
+"""Metrics for trained networks: during training at every snapshot, and `ada metrics` afterwards.
+
+The maths and feature networks live in the `metrics` package; this module adapts our
+datasets and checkpoints to it, decides once per run which metrics can be computed here
+(no Inception weights on this machine turns the feature metrics off with one message), and
+writes the official `metric-NAME.jsonl` lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+import metrics
+from ada.data import ImageDataset, open_dataset
+from ada.errors import UserError
+from ada.files import append_jsonl
+
+
+class MetricReals:
+    """Our dataset as the `metrics` package reads it: index -> (uint8 image, label), with a cache key."""
+
+    def __init__(self, dataset: ImageDataset, source: str):
+        self.dataset = dataset
+        digest = hashlib.sha256(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:8]
+        mirror = "-mirror" if dataset.mirror else ""
+        self.name = f"{dataset.name}-{digest}-{dataset.resolution}px-{len(dataset.names)}{mirror}"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset[index]
+
+    def get_label(self, index: int) -> Any:
+        return self.dataset.label(index)
+
+
+class MetricSuite:
+    """The metrics a run computes, with the networks they need, resolved once."""
+
+    def __init__(
+        self,
+        names: list[str],
+        features: str | None,
+        ppl_net: str | None,
+        device: torch.device,
+        say: Callable[[str], None],
+    ):
+        try:
+            specs = metrics.parse_metric_names(",".join(names))
+        except ValueError as exc:
+            raise UserError(f"--metrics: {exc}") from None
+        self.device = device
+        self.feature_net = self.ppl_distance = None
+        if any(s.uses_features for s in specs):
+            try:
+                self.feature_net = metrics.load_feature_net(features, device=device)
+            except metrics.FeatureNetUnavailable as exc:
+                say(f"{', '.join(s.name for s in specs if s.uses_features)} off: {exc}")
+                specs = [s for s in specs if not s.uses_features]
+        if any(s.kind == "ppl" for s in specs):
+            try:
+                self.ppl_distance = metrics.load_ppl_distance(ppl_net, device=device)
+            except metrics.FeatureNetUnavailable as exc:
+                say(f"{', '.join(s.name for s in specs if s.kind == 'ppl')} off: {exc}")
+                specs = [s for s in specs if s.kind != "ppl"]
+        self.specs = specs
+
+    def evaluate(self, G: torch.nn.Module, reals: MetricReals, rank: int = 0, world_size: int = 1,
+                 progress: bool = True) -> list[metrics.MetricResult]:
+        if not self.specs:
+            return []
+        try:
+            return metrics.evaluate(
+                self.specs, G, reals, feature_net=self.feature_net, ppl_distance=self.ppl_distance,
+                device=self.device, cache_dir=metrics.default_cache_dir(), progress=progress and rank == 0,
+                rank=rank, world_size=world_size,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+
+def write_results(
+    results: list[metrics.MetricResult], run_dir: Path, snapshot: str, kimg: float | None
+) -> list[dict]:
+    """Append each result to run_dir/metric-NAME.jsonl, as the official code does; return the lines."""
+    lines = []
+    for result in results:
+        line = result.record(snapshot_pkl=snapshot, snapshot=snapshot, kimg=kimg)
+        append_jsonl(run_dir / f"metric-{result.metric}.jsonl", line)
+        lines.append(line)
+    return lines
+
+
+def format_results(results: list[metrics.MetricResult]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for r in results for k, v in r.results.items())
+
+
+@click.command("metrics")
+@click.option("--network", required=True, help="Checkpoint, run directory or official network pickle")
+@click.option("--data", required=True, help="The real images: folder, zip or built-in name", metavar="PATH")
+@click.option("--metrics", "names", default="fid50k_full", show_default=True, help="Comma-separated metrics")
+@click.option("--mirror", type=bool, default=False, help="Include x-flipped reals, as training with --mirror did")
+@click.option("--features", help="TorchScript feature network to use instead of Inception", metavar="PATH")
+@click.option("--ppl-net", help="TorchScript network for the PPL distance (or $ADA_PPL_NET)", metavar="PATH")
+def metrics_command(network: str, data: str, names: str, mirror: bool, features: str | None,
+                    ppl_net: str | None) -> None:
+    """Compute metrics for a trained network against a dataset."""
+    from ada.checkpoint import load_generator, resolve_checkpoint_path
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    G = load_generator(network, device)
+    dataset = open_dataset(data, cond=G.c_dim > 0, mirror=mirror)
+
+    def refuse(message: str) -> None:
+        raise UserError(message)
+
+    suite = MetricSuite([n for n in names.split(",") if n.strip()], features, ppl_net, device, refuse)
+    results = suite.evaluate(G, MetricReals(dataset, data))
+    path = resolve_checkpoint_path(network)
+    if path.parent.joinpath("stats.jsonl").exists():
+        # A snapshot of one of our runs: its results join the run's metric files, as during training.
+        lines = write_results(results, path.parent, path.name, None)
+    else:
+        lines = [result.record(snapshot_pkl=path.name) for result in results]
+    for line in lines:
+        print(json.dumps(line))
