@@ -7,7 +7,8 @@ previous snapshot and says so; checkpoints never run code; bad datasets are refu
 command line; the same seed gives the same steps, bit for bit.
 
 The runs are tiny: 16 px, batch 4, 8 training images, one step per tick, a snapshot every tick,
-adaptive augmentation that moves p at every step (from 0.3) so a lost p would show.
+adaptive augmentation with a fast controller and a seed for which p leaves 0 at the first step and
+moves at every step after, so a lost p would show.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ from tests.conftest import REPO, write_images
 STEP_NIMG = 4
 RUN = [
     "--cfg", "tiny", "--data", "lfw-faces16", "--subset", "8", "--batch", str(STEP_NIMG), "--tick", "0.004",
-    "--snap", "1", "--aug", "ada", "--p", "0.3", "--ada-kimg", "0.1", "--ada-interval", "1",
+    "--snap", "1", "--aug", "ada", "--target", "0.05", "--ada-kimg", "0.1", "--ada-interval", "1", "--seed", "2",
 ]
 OVERRIDES = {
-    "data": "lfw-faces16", "subset": 8, "batch": STEP_NIMG, "tick": 0.004, "snap": 1,
-    "aug": {"mode": "ada", "p": 0.3, "ada_kimg": 0.1, "ada_interval": 1},
+    "data": "lfw-faces16", "subset": 8, "batch": STEP_NIMG, "tick": 0.004, "snap": 1, "seed": 2,
+    "aug": {"mode": "ada", "target": 0.05, "ada_kimg": 0.1, "ada_interval": 1},
 }
 TOTAL_NIMG = 20  # 5 steps, 5 ticks, each with a snapshot
 TOTAL_KIMG = str(TOTAL_NIMG / 1000)
@@ -155,10 +156,10 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_reference_run_moves_p(reference):
-    """Precondition of the resume tests: p moves away from --p, so a p that was not restored would show."""
+    """Precondition of the resume tests: p leaves its start (0) and keeps moving, so a lost p would show."""
     run, final = reference
     ps = [r["p"] for r in assert_stats_clean(run / "stats.jsonl", TOTAL_NIMG / 1000)]
-    assert len(set(ps)) > 1 and 0.3 not in ps, ps
+    assert all(a != b for a, b in zip([0.0, *ps], ps, strict=False)), ps
     assert final["progress"]["cur_nimg"] == TOTAL_NIMG and final["progress"]["cur_tick"] == 4
 
 
@@ -181,7 +182,7 @@ def test_sigkill_after_first_snapshot_then_resume_continues_exactly(reference, t
     snap = load_checkpoint(run / SNAPSHOT)
     resumed_at = snap["progress"]["cur_nimg"]
     assert 0 < resumed_at < TOTAL_NIMG
-    assert snap["controller"]["p"] != 0.3  # p had moved: the resume must bring back this value, not --p
+    assert snap["controller"]["p"] > 0  # p had moved: the resume must bring back this value, not 0
     # What a kill in the middle of a write leaves behind; the resume clears it.
     stale = run / f".{SNAPSHOT}.k1ll3d.tmp"
     stale.write_bytes(b"half a snapshot")
@@ -261,11 +262,9 @@ def test_non_finite_steps_are_skipped_and_counted(monkeypatch):
 
     # Step 0 runs all four phases: a NaN path length skips Greg and must not reach pl_mean.
     monkeypatch.setattr(ada.loss, "path_lengths", lambda *a: real_path_lengths(*a) * float("nan"))
-    stats = TickStats()
-    trainer.train_step(stats)
+    trainer.train_step(TickStats())
     assert trainer.progress.skipped_steps == 1 and trainer.bad_streak["Greg"] == 1
     assert trainer.loss.pl_mean.item() == 0.0
-    assert "loss_G_pl" not in stats.sums and "loss_G" in stats.sums
     monkeypatch.setattr(ada.loss, "path_lengths", real_path_lengths)
 
     # Step 1 (Gmain and Dmain): a NaN generator loss leaves G as it was; D still trains.
@@ -535,5 +534,5 @@ def test_same_seed_same_steps_bit_for_bit():
     state_b = b.checkpoint_state()
     state_a["controller"]["last_r_v"] = None  # the one thing the measurement changes
     assert_same_training_state(state_a, state_b)
-    assert state_a["controller"]["p"] != 0.3  # augmentation ran, with a moving p
+    assert state_a["controller"]["p"] > 0  # augmentation ran, with a moving p
     assert any(not torch.equal(t, initial[n]) for n, t in state_a["G"].items())  # and G trained
