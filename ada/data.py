@@ -169,7 +169,7 @@ class DatasetInfo:
     channels: int
     c_dim: int
     num_images: int
-    # Identifies the images (their names, size and labels): resuming on the same fingerprint continues
+    # Identifies the images (names, size, labels, pixels): resuming on the same fingerprint continues
     # the run, on another one it is a transfer.
     fingerprint: str = ""
 
@@ -209,6 +209,11 @@ class ImageDataset(torch.utils.data.Dataset):
         digest.update(f"{self.resolution}/{self.channels}/{self.c_dim}".encode())
         if self.labels is not None:
             digest.update(np.ascontiguousarray(self.labels).tobytes())
+        # The pixels, where they are in memory: the same file names can hold other images.
+        if self.images is not None:
+            digest.update(np.ascontiguousarray(self.images).tobytes())
+        else:
+            digest.update(self.name.encode())
         return DatasetInfo(
             self.name, self.resolution, self.channels, self.c_dim, len(self.names), digest.hexdigest()[:16]
         )

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ada import config as config_mod
+from ada import distributed
 from ada.config import TrainConfig
 from ada.data import open_dataset, split_validation, take_subset
 from ada.distributed import DistContext
@@ -66,26 +67,65 @@ def describe(cfg: TrainConfig, dataset: Any, train_set: Any, val_set: Any) -> st
 
 
 def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path | None:
-    """The `ada train` command: returns the run directory (None for a dry run)."""
+    """The `ada train` command: returns the run directory (None for a dry run, and on ranks other than 0).
+
+    Three ways to start: one process; `--gpus N`, which spawns N local ranks that each come back
+    here; or torchrun (one machine or several), whose variables make this process one rank of
+    the job. `--batch` is the global batch in all three; each rank takes batch / world_size.
+    """
     from ada.training import Trainer, environment_setup
 
+    job = distributed.rank_env()
+    if job is not None:
+        overrides = with_world_size(overrides, job.world_size)
     cfg, dataset = resolve_config(preset, overrides)
     train_set, val_set = split_dataset(cfg, dataset)
+    rank0 = job is None or job.rank == 0
     if dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
-    print(describe(cfg, dataset, train_set, val_set))
-    if dry_run:
-        print("Dry run: nothing written.")
+        if rank0:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            print(describe(cfg, dataset, train_set, val_set))
+            print("Dry run: nothing written.")
         return None
-    if cfg.gpus > 1:
-        raise UserError("--gpus > 1 needs the distributed launcher, which is not available yet")
+    if job is None and cfg.gpus > 1:
+        check_local_gpus(cfg.gpus)
+        print(f"Starting {cfg.gpus} local processes ({local_backend()}), one rank each.")
+        return distributed.launch_local(cfg.gpus, train, (preset, with_world_size(overrides, cfg.gpus)))
+    if rank0:
+        print(describe(cfg, dataset, train_set, val_set))
     environment_setup(cfg)
+    dist = distributed.init_process_group(job) if job is not None else DistContext(device=default_device())
     # Build (and so check the --resume checkpoint) before any directory is created.
     # Metrics compare against every real image, without the x-flips, as the official *_full metrics do.
     eval_set = dataset.subset(list(range(len(dataset.names))))
     eval_set.mirror = False
-    trainer = Trainer(cfg, train_set, val_set, DistContext(device=default_device()), eval_set=eval_set)
-    run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
-    print(f"Run directory: {run_dir}")
+    trainer = Trainer(cfg, train_set, val_set, dist, eval_set=eval_set)
+    run_dir = None
+    if dist.rank == 0:
+        run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
+        print(f"Run directory: {run_dir}")
     trainer.run(run_dir)
+    distributed.shutdown()
     return run_dir
+
+
+def with_world_size(overrides: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """--gpus is the job's process count; under torchrun the job decides it, so --gpus may only repeat it."""
+    given = overrides.get("gpus")
+    if given is not None and given != world_size:
+        raise UserError(
+            f"--gpus={given} but this job has {world_size} process{'es' if world_size != 1 else ''} "
+            "(WORLD_SIZE from torchrun); leave --gpus out when starting with torchrun"
+        )
+    return {**overrides, "gpus": world_size}
+
+
+def local_backend() -> str:
+    return "NCCL on CUDA" if torch.cuda.is_available() else "gloo on CPU"
+
+
+def check_local_gpus(gpus: int) -> None:
+    """--gpus N on one machine: N CUDA devices, or (without CUDA) N CPU processes with gloo."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else None
+    if count is not None and gpus > count:
+        raise UserError(f"--gpus={gpus} but this machine shows {count} CUDA device{'s' if count != 1 else ''}")

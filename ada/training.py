@@ -259,8 +259,6 @@ class Trainer:
         self.said_once: set[str] = set()
         self.last_snapshot: Path | None = None
 
-        torch.manual_seed(cfg.seed * dist.world_size + dist.rank)
-        np.random.seed((cfg.seed * dist.world_size + dist.rank) % 2**32)
         # Latents and labels are drawn for the global batch from a generator every rank shares, and each
         # rank takes its slice: N processes see the same latents as one process with the whole batch.
         self.shared_gen = torch.Generator().manual_seed(cfg.seed)
@@ -273,8 +271,12 @@ class Trainer:
         else:
             # The architecture comes from the checkpoint; only precision follows this run's flags.
             G_kwargs, D_kwargs = apply_fp32(cfg, source.G_kwargs, source.D_kwargs)
+        torch.manual_seed(cfg.seed)  # the same initial networks for any number of ranks
         self.G = Generator(**G_kwargs)
         self.D = Discriminator(**D_kwargs)
+        # From here each rank draws its own noise inputs, augmentations and path-length probes.
+        torch.manual_seed(cfg.seed * dist.world_size + dist.rank)
+        np.random.seed((cfg.seed * dist.world_size + dist.rank) % 2**32)
         if source is not None:
             ckpt_io.load_state(self.G, source.G, str(source.path), "G")
             ckpt_io.load_state(self.D, source.D, str(source.path), "D")
@@ -458,6 +460,8 @@ class Trainer:
             for p in phase.params:
                 p.requires_grad_(False)
             self._apply_gradients(phase)
+            if phase.name == "Greg":
+                self.dist.average_(self.loss.pl_mean)
         beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.ema_rampup)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
@@ -575,7 +579,9 @@ class Trainer:
             tick_start = time.time()
             while True:
                 self.train_step(tick_stats)
-                done = self.progress.cur_nimg >= total_nimg or stop.requested
+                # All ranks must stop after the same step, whichever of them saw the signal.
+                stopping = self.dist.any_rank(stop.requested)
+                done = self.progress.cur_nimg >= total_nimg or stopping
                 # Tick 0 ends after the first step, as in the official loop: a snapshot and a console
                 # line right away show that the run works.
                 first = self.progress.cur_tick == 0
@@ -586,7 +592,7 @@ class Trainer:
                 tick_start = time.time()
                 if done:
                     break
-            if stop.requested:
+            if stopping:
                 self.log("Stopped on request; final snapshot written.")
             exit_code = 0
         finally:
@@ -665,6 +671,7 @@ class Trainer:
         if snapshot:
             kimg = prog.cur_nimg / 1000
             name = ckpt_io.snapshot_name(kimg)
+            rng_states = self.rng_states()  # a collective: on every rank
             if self.dist.rank == 0 and self.run_dir is not None:
                 grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
                 try:
@@ -672,7 +679,7 @@ class Trainer:
                     self.tracker.log_image(kimg, "fakes", grid_path)
                 except UserError as exc:
                     self.say(f"{exc}; training goes on")
-                self.save_snapshot(self.run_dir / name, final=final)
+                self.save_snapshot(self.run_dir / name, rng_states, final=final)
             if not stopping:  # a stop request (preemption) leaves little time: metrics can run after resume
                 self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
@@ -692,7 +699,17 @@ class Trainer:
             for result in results:
                 self.tracker.log_metric(kimg, dict(result.results))
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def rng_states(self) -> dict[str, list[torch.Tensor] | None]:
+        """Every rank's CPU (and CUDA) RNG state. A collective when distributed: call it on every rank."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {
+            "torch": self.dist.gather_states(torch.get_rng_state()),
+            "cuda": None if cuda is None else self.dist.gather_states(cuda),
+        }
+
+    def checkpoint_state(self, rng_states: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The whole training state; `rng_states` from `rng_states()`, which with several ranks every
+        rank must have called (default: gather now, fine for one process)."""
         opt_D = next(p for p in self.phases if p.name == "Dmain").opt
         return {
             "G_kwargs": self.G.init_kwargs,
@@ -706,19 +723,13 @@ class Trainer:
             "controller": self.controller.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
             "progress": asdict(self.progress),
-            "rng": {
-                "torch": self.dist.gather_states(torch.get_rng_state()),
-                "cuda": self.dist.gather_states(torch.cuda.get_rng_state(self.device))
-                if self.device.type == "cuda"
-                else None,
-                "shared": self.shared_gen.get_state(),
-            },
+            "rng": {**(rng_states or self.rng_states()), "shared": self.shared_gen.get_state()},
             "transfer": self.transfer,
             "config": self.cfg.to_dict(),
             "dataset": asdict(self.train_set.info),
         }
 
-    def save_snapshot(self, path: Path, final: bool = False) -> None:
+    def save_snapshot(self, path: Path, rng_states: dict[str, Any] | None = None, final: bool = False) -> None:
         """Write a snapshot; never one with non-finite weights, never over the last good one half-written.
 
         A failed write is a warning while training goes on; a failed final snapshot ends the run with an error.
@@ -727,7 +738,7 @@ class Trainer:
         try:
             if not all(bool(torch.isfinite(t).all()) for net in (self.G, self.D, self.G_ema) for t in net.parameters()):
                 raise UserError(f"not writing {path}: the networks hold non-finite weights")
-            ckpt_io.save_checkpoint(path, self.checkpoint_state())
+            ckpt_io.save_checkpoint(path, self.checkpoint_state(rng_states))
         except UserError as exc:
             if final:
                 raise UserError(f"{exc}; {last}") from None
