@@ -7,8 +7,8 @@ previous snapshot and says so; checkpoints never run code; bad datasets are refu
 command line; the same seed gives the same steps, bit for bit.
 
 The runs are tiny: 16 px, batch 4, 8 training images, one step per tick, a snapshot every tick,
-adaptive augmentation with a fast controller and a seed for which p leaves 0 at the first step and
-moves at every step after, so a lost p would show.
+adaptive augmentation with a fast controller and a seed for which p leaves 0 at the first step,
+so a lost p would show.
 """
 
 from __future__ import annotations
@@ -156,10 +156,11 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_reference_run_moves_p(reference):
-    """Precondition of the resume tests: p leaves its start (0) and keeps moving, so a lost p would show."""
+    """Precondition of the resume tests: p has left its start (0) at the first snapshots, from which the
+    interrupted runs resume, and keeps changing, so a p that was not restored would show."""
     run, final = reference
     ps = [r["p"] for r in assert_stats_clean(run / "stats.jsonl", TOTAL_NIMG / 1000)]
-    assert all(a != b for a, b in zip([0.0, *ps], ps, strict=False)), ps
+    assert ps[0] > 0 and ps[1] > 0 and len(set(ps)) > 2, ps
     assert final["progress"]["cur_nimg"] == TOTAL_NIMG and final["progress"]["cur_tick"] == 4
 
 
