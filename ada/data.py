@@ -21,6 +21,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,12 +103,18 @@ class ImageSource:
 
 def open_image(data: bytes, name: str) -> Image.Image:
     """Open an encoded image, checking its size before any pixel is decoded."""
+    too_big = f"{name}: the image exceeds the {MAX_PIXELS // 2**20} megapixel limit; refusing to decode it"
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # PIL warns from 89 megapixels and refuses from 179; our own limit below decides, in one line.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise UserError(too_big) from None
     except Exception as exc:
         raise UserError(f"{name}: not a readable image ({type(exc).__name__}); remove or replace it") from None
     if img.width * img.height > MAX_PIXELS:
-        raise UserError(f"{name}: {img.width}x{img.height} exceeds the {MAX_PIXELS // 2**20} megapixel limit")
+        raise UserError(f"{too_big} ({img.width}x{img.height})")
     return img
 
 
@@ -390,6 +398,13 @@ class InfiniteBatchSampler(torch.utils.data.Sampler):
             pos += self.batch
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """In loader workers: Ctrl-C reaches the whole process group, but only the trainer should act on it
+    (finish the step, write a final snapshot); a worker killed by it would end the run without one.
+    SIGTERM keeps its default: it is how the workers are stopped when the trainer exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def infinite_loader(
     dataset: ImageDataset, batch: int, rank: int, world_size: int, seed: int, workers: int, start_batch: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -400,6 +415,7 @@ def infinite_loader(
             yield dataset.batch(idx)
     else:
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+            worker_init_fn=ignore_interrupts,
         )
         yield from loader

@@ -23,7 +23,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ from ada.data import DatasetInfo, ImageDataset, infinite_loader
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
-from ada.files import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl
+from ada.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
 from ada.tracking import Tracker
 
-# Give up when this many consecutive steps produced non-finite gradients.
+# Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
 # Images per set for the r_v measurement at each tick.
 RV_BATCH = 64
@@ -66,7 +66,6 @@ class Progress:
     batch_idx: int = 0
     tick_start_nimg: int = 0
     skipped_steps: int = 0
-    consecutive_bad: int = 0
     stats_lines: int = 0
 
 
@@ -255,7 +254,10 @@ class Trainer:
         self.per_rank = cfg.batch // dist.world_size
         self.batch_gpu = cfg.batch_gpu or self.per_rank
         self.progress = Progress()
+        # Per phase, how many of its updates in a row had non-finite gradients.
+        self.bad_streak: dict[str, int] = {}
         self.said_once: set[str] = set()
+        self.last_snapshot: Path | None = None
 
         # Latents and labels are drawn for the global batch from a generator every rank shares, and each
         # rank takes its slice: N processes see the same latents as one process with the whole batch.
@@ -330,6 +332,7 @@ class Trainer:
             )
             if same_data:
                 self._print(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
+                self.last_snapshot = path
             else:
                 self._print(f"Fine-tuning from {path} (trained on other data): weights only, from 0 kimg")
             return source
@@ -404,11 +407,11 @@ class Trainer:
         next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
-        self.progress = Progress(**state["progress"])
+        known = {f.name for f in fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         # The snapshot was taken at the end of its tick: continue with the next one.
         self.progress.cur_tick += 1
         self.progress.tick_start_nimg = self.progress.cur_nimg
-        self.progress.consecutive_bad = 0
         self.shared_gen.set_state(state["rng"]["shared"])
         rank = self.dist.rank
         torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
@@ -470,7 +473,10 @@ class Trainer:
             self.say(message)
 
     def _apply_gradients(self, phase: Phase) -> None:
-        """Average gradients across ranks and step, unless any is non-finite: then skip the step."""
+        """Average gradients across ranks and step, unless any is non-finite: then skip the step.
+
+        Counted per phase: a G that stays non-finite must stop the run even while D's steps are fine.
+        """
         params = [p for p in phase.params if p.grad is not None]
         if not params:
             return
@@ -478,16 +484,17 @@ class Trainer:
         flat = self.dist.all_reduce_mean(flat)
         if not bool(torch.isfinite(flat).all()):
             self.progress.skipped_steps += 1
-            self.progress.consecutive_bad += 1
+            streak = self.bad_streak[phase.name] = self.bad_streak.get(phase.name, 0) + 1
             phase.opt.zero_grad(set_to_none=True)
-            if self.progress.consecutive_bad >= MAX_CONSECUTIVE_BAD_STEPS:
+            if streak >= MAX_CONSECUTIVE_BAD_STEPS:
+                where = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot yet"
                 raise UserError(
-                    f"training diverged: {self.progress.consecutive_bad} consecutive steps had non-finite "
-                    f"gradients at {self.progress.cur_nimg / 1000:.1f} kimg; the last snapshot in {self.run_dir} "
-                    "is intact; resume from it with a lower learning rate or --gamma"
+                    f"training diverged: {streak} {phase.name} steps in a row had non-finite gradients at "
+                    f"{self.progress.cur_nimg / 1000:.3f} kimg; {where}, untouched; resume from it with a lower "
+                    "learning rate or --gamma"
                 )
             return
-        self.progress.consecutive_bad = 0
+        self.bad_streak[phase.name] = 0
         for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
             p.grad = g.view_as(p)
         phase.opt.step()
@@ -595,10 +602,15 @@ class Trainer:
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
         atomic_write_text(run_dir / "training_options.json", json.dumps(self.cfg.to_dict(), indent=2))
+        remove_stale_temporaries(run_dir)
         stats = run_dir / "stats.jsonl"
+        kept: list[dict[str, Any]] = []
         if stats.exists():
             # After a crash the log may hold ticks past the snapshot we resume from: drop them.
-            rewrite_jsonl(stats, read_jsonl(stats)[: self.progress.stats_lines])
+            kept = read_jsonl(stats)[: self.progress.stats_lines]
+            rewrite_jsonl(stats, kept)
+        # Counts lines of this directory's file: a run resumed into a new directory starts it empty.
+        self.progress.stats_lines = len(kept)
         self.grid_z = None
         res = self.train_set.resolution
         gw, gh = grid_shape(res, len(self.train_set))
@@ -651,8 +663,11 @@ class Trainer:
             self.tracker.log_tick(record)
         snapshot = final or prog.cur_tick % cfg.snap == 0
         if self.dist.rank == 0 and self.run_dir is not None:
-            append_jsonl(self.run_dir / "stats.jsonl", record)
-            prog.stats_lines += 1
+            try:
+                append_jsonl(self.run_dir / "stats.jsonl", record)
+                prog.stats_lines += 1
+            except UserError as exc:  # a full disk: the snapshot below may still fit, or the next one
+                self.say(f"{exc}; training goes on")
         if snapshot:
             kimg = prog.cur_nimg / 1000
             name = ckpt_io.snapshot_name(kimg)
@@ -664,7 +679,7 @@ class Trainer:
                     self.tracker.log_image(kimg, "fakes", grid_path)
                 except UserError as exc:
                     self.say(f"{exc}; training goes on")
-                self.save_snapshot(self.run_dir / name, rng_states)
+                self.save_snapshot(self.run_dir / name, rng_states, final=final)
             if not stopping:  # a stop request (preemption) leaves little time: metrics can run after resume
                 self.evaluate_metrics(name, kimg)
         prog.cur_tick += 1
@@ -714,11 +729,22 @@ class Trainer:
             "dataset": asdict(self.train_set.info),
         }
 
-    def save_snapshot(self, path: Path, rng_states: dict[str, Any] | None = None) -> None:
+    def save_snapshot(self, path: Path, rng_states: dict[str, Any] | None = None, final: bool = False) -> None:
+        """Write a snapshot; never one with non-finite weights, never over the last good one half-written.
+
+        A failed write is a warning while training goes on; a failed final snapshot ends the run with an error.
+        """
+        last = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "there is no snapshot yet"
         try:
+            if not all(bool(torch.isfinite(t).all()) for net in (self.G, self.D, self.G_ema) for t in net.parameters()):
+                raise UserError(f"not writing {path}: the networks hold non-finite weights")
             ckpt_io.save_checkpoint(path, self.checkpoint_state(rng_states))
         except UserError as exc:
-            self.say(f"{exc}; training goes on and will try again at the next snapshot")
+            if final:
+                raise UserError(f"{exc}; {last}") from None
+            self.say(f"{exc}; {last}; training goes on and will try again at the next snapshot")
+            return
+        self.last_snapshot = path
 
 
 def _cpu_memory_gb() -> float:
