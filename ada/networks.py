@@ -60,15 +60,16 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return ops.bias_act(x.matmul(w.t()), b, self.activation, gain=self._act_gain())
+        w = self.weight.to(x.dtype)
+        act_gain = self._act_gain()
+        if self.bias is None:
+            return ops.scale_bias_act(x.matmul(w.t()), self.weight_gain, None, self.activation, gain=act_gain)
+        # One addmm applies both gains (the leaky ReLU's folded in, see ops.scale_bias_act), so
+        # neither the weight nor the bias is copied to be scaled.
+        x = torch.addmm(
+            self.bias.to(x.dtype), x, w.t(), beta=self.bias_gain * act_gain, alpha=self.weight_gain * act_gain
+        )
+        return torch.nn.functional.leaky_relu_(x, ops.LRELU_SLOPE) if self.activation == "lrelu" else x
 
     def _act_gain(self) -> float:
         return ops.LRELU_GAIN if self.activation == "lrelu" else 1.0
@@ -177,15 +178,16 @@ class SynthesisLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1.0):
         styles = self.affine(w)
-        x = ops.modulated_conv2d(x, self.weight, styles, up=self.up == 2, f=self.resample_filter)
+        x, dcoefs = ops.modulated_conv2d_parts(x, self.weight, styles, up=self.up == 2, f=self.resample_filter)
+        noise = None
         if self.use_noise and noise_mode != "none":
             if noise_mode == "random":
                 noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
             else:
                 noise = self.noise_const
-            x = x + (noise * self.noise_strength).to(x.dtype)
+            noise = noise * self.noise_strength
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return ops.demodulate_bias_act(x, dcoefs, noise, self.bias, self.activation, self.act_gain * gain, clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -407,13 +409,20 @@ class Conv2dLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
+        # The convolution is linear in w, so the equalised-lr gain is applied to its output in the
+        # bias-and-activation pass; without a bias there is no such pass and the weight takes it.
+        w = self.weight.to(x.dtype)
+        scale, act_gain = self.weight_gain, self.act_gain * gain
+        if self.bias is None and act_gain > 0:
+            # The leaky ReLU is positively homogeneous, so its gain may go into the weight too.
+            w = w * (scale * act_gain)
+            scale = act_gain = 1.0
         if self.down == 2:
             x = ops.conv2d_down2(x, w, self.resample_filter)
         else:
             x = torch.nn.functional.conv2d(x, w, padding=w.shape[-1] // 2)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return ops.scale_bias_act(x, scale, self.bias, self.activation, gain=act_gain, clamp=clamp)
 
 
 class DiscriminatorBlock(nn.Module):

@@ -112,14 +112,79 @@ def bias_act(
     clamp: float | None = None,
 ) -> torch.Tensor:
     """Add a per-channel bias (dim 1), apply the activation, scale by `gain`, clamp to +-clamp."""
-    if b is not None:
-        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
+    return scale_bias_act(x, 1.0, b, activation, gain, clamp)
+
+
+def scale_bias_act(
+    x: torch.Tensor,
+    scale: float,
+    b: torch.Tensor | None,
+    activation: str = "linear",
+    gain: float = 1.0,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """act(x * scale + b) * gain, clamped to +-clamp; b is per channel (dim 1).
+
+    The leaky ReLU is positively homogeneous, act(z) * g = act(z * g) for g > 0, so both
+    scales fold into one fused add (b * g + x * scale * g) and the activation then runs in
+    place on that fresh tensor: two passes over the activations instead of four. `scale`
+    lets a layer with an equalised learning rate skip scaling its weights.
+    """
+    if activation not in ("linear", "lrelu"):
+        raise ValueError(f"unknown activation {activation!r}")
+    if gain <= 0:
+        x = x * scale if scale != 1 else x
+        if b is not None:
+            x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
+        x = F.leaky_relu(x, LRELU_SLOPE) if activation == "lrelu" else x
+        x = x * gain
+    else:
+        fresh = True
+        if b is not None:
+            b = b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
+            x = torch.add(b * gain if gain != 1 else b, x, alpha=scale * gain)
+        elif scale * gain != 1:
+            x = x * (scale * gain)
+        else:
+            fresh = False
+        if activation == "lrelu":
+            # In place only on a tensor made here: the caller's x may be needed by its own graph.
+            x = F.leaky_relu_(x, LRELU_SLOPE) if fresh else F.leaky_relu(x, LRELU_SLOPE)
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def demodulate_bias_act(
+    x: torch.Tensor,
+    dcoefs: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    b: torch.Tensor,
+    activation: str = "lrelu",
+    gain: float = 1.0,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """The tail of a synthesis layer in one fused pass: act(x * dcoefs + noise + b) * gain, clamped.
+
+    x: [N, C, H, W] convolution output; dcoefs: [N, C] demodulation coefficients (None: 1);
+    noise: anything that broadcasts to x (already scaled by its strength), or None.
+    """
+    if gain <= 0 or dcoefs is None:
+        if dcoefs is not None:
+            x = x * dcoefs.to(x.dtype)[:, :, None, None]
+        if noise is not None:
+            x = x + noise.to(x.dtype)
+        return bias_act(x, b, activation, gain=gain, clamp=clamp)
+    scale = (dcoefs * gain if gain != 1 else dcoefs).to(x.dtype)[:, :, None, None]
+    bias = (b * gain if gain != 1 else b).to(x.dtype).reshape(1, -1, 1, 1)
+    x = torch.addcmul(bias, x, scale)
+    # addcmul's backward needs its inputs, not its output, so the rest may work in place.
+    if noise is not None:
+        x = x.add_((noise * gain if gain != 1 else noise).to(x.dtype))
     if activation == "lrelu":
-        x = F.leaky_relu(x, LRELU_SLOPE)
+        x = F.leaky_relu_(x, LRELU_SLOPE)
     elif activation != "linear":
         raise ValueError(f"unknown activation {activation!r}")
-    if gain != 1:
-        x = x * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x
@@ -155,11 +220,32 @@ def modulated_conv2d(
     per-output-channel scale afterwards, so one shared-weight convolution serves the whole
     batch. x: [N, in, H, W]; weight: [out, in, k, k]; styles: [N, in].
     """
+    x, dcoefs = modulated_conv2d_parts(x, weight, styles, demodulate, up, f)
+    if dcoefs is not None:
+        x = x * dcoefs.to(x.dtype)[:, :, None, None]
+    return x
+
+
+def modulated_conv2d_parts(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    up: bool = False,
+    f: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`modulated_conv2d` before its demodulation: (conv(x * s, w), [N, out] coefficients or None).
+
+    Left apart so that a layer can fold the coefficients into its bias and activation pass.
+    """
     if demodulate and x.dtype == torch.float16:
         # Demodulation cancels any scale of w and s, so shrink both to keep the float16
         # intermediate sums far from overflow.
         weight = weight / (math.sqrt(weight[0].numel()) * weight.abs().amax(dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    dcoefs = demodulation_coefficients(weight, styles) if demodulate else None
+    if weight.shape[-1] == 1 and not up:
+        return modulated_conv1x1(x, weight, styles), dcoefs
     x = x * styles.to(x.dtype)[:, :, None, None]
     w = weight.to(x.dtype)
     if up:
@@ -167,9 +253,23 @@ def modulated_conv2d(
         x = conv2d_up2(x, w, f)
     else:
         x = F.conv2d(x, w, padding=weight.shape[-1] // 2)
-    if demodulate:
-        x = x * demodulation_coefficients(weight, styles).to(x.dtype)[:, :, None, None]
-    return x
+    return x, dcoefs
+
+
+def modulated_conv1x1(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """A modulated 1x1 convolution as one batched matrix product with per-sample [out, in] weights.
+
+    Those weights are small (toRGB has 3 outputs), so building them costs less than scaling
+    the activations, and forward and backward each read the activations once fewer.
+    """
+    n, c, h, w = x.shape
+    wn = (weight[:, :, 0, 0].unsqueeze(0) * styles.unsqueeze(1)).to(x.dtype)  # [N, out, in]
+    if x.is_contiguous():
+        return torch.bmm(wn, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, h * w, c), wn.transpose(1, 2))
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+    return F.conv2d(x * styles.to(x.dtype)[:, :, None, None], weight.to(x.dtype))
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
