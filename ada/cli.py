@@ -47,7 +47,8 @@ TRAIN_FIELDS = {
     "batch_gpu": "batch_gpu",
     "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "resume": "resume",
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
-    "nobench": "nobench", "workers": "workers", "tick": "tick", "val": "val", "ada_kimg": "aug.ada_kimg",
+    "nobench": "nobench", "compile": "compile", "workers": "workers", "tick": "tick", "val": "val",
+    "ada_kimg": "aug.ada_kimg",
     "ada_interval": "aug.ada_interval", "ada_heuristic": "aug.heuristic", "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
     "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
@@ -86,6 +87,8 @@ def cli() -> None:
 @click.option("--nhwc", type=bool, help="Channels-last memory format in the fp16 layers", metavar="BOOL")
 @click.option("--allow-tf32", type=bool, help="Allow TF32 matmuls and convolutions [default: false]", metavar="BOOL")
 @click.option("--nobench", type=bool, help="Disable the cuDNN benchmark mode [default: false]", metavar="BOOL")
+@click.option("--compile", type=bool, help="torch.compile G and D for the main phases [default: false]",
+              metavar="BOOL")
 @click.option("--workers", type=click.IntRange(min=0), help="Data loader worker processes [default: 3]")
 @click.option("--tick", type=float, help="Progress report interval in kimg [default: 4]", metavar="KIMG")
 @click.option("--val", type=float, help="Share of images withheld for the r_v monitor [default: 0.05]")

@@ -118,6 +118,9 @@ class TrainConfig:
     nhwc: bool = False
     allow_tf32: bool = False
     nobench: bool = False
+    # torch.compile the networks for Gmain and Dmain (the regularisation phases need double
+    # backward, which compiled graphs do not support, so they run eagerly on the same weights).
+    compile: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
