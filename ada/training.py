@@ -47,7 +47,8 @@ from ada.tracking import Tracker
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
-# Minibatches between reads of the bad-step counters: the host waits for the device only this often.
+# Minibatches between reads of the bad-step counters (and, with several processes, between agreements
+# on a stop request): the host waits for the device this often, not in every step.
 HEALTH_CHECK_INTERVAL = 16
 # Images per set for the r_v measurement at each tick.
 RV_BATCH = 64
@@ -614,8 +615,7 @@ class Trainer:
                 self.train_step(tick_stats)
                 if self.progress.batch_idx % HEALTH_CHECK_INTERVAL == 0:
                     self.check_health()
-                # All ranks must stop after the same step, whichever of them saw the signal.
-                stopping = self.dist.any_rank(stop.requested)
+                stopping = self._agree_to_stop(stop.requested)
                 done = self.progress.cur_nimg >= total_nimg or stopping
                 # Tick 0 ends after the first step, as in the official loop: a snapshot and a console
                 # line right away show that the run works.
@@ -633,6 +633,15 @@ class Trainer:
         finally:
             stop.uninstall()
             self.tracker.finish(exit_code=exit_code)
+
+    def _agree_to_stop(self, requested: bool) -> bool:
+        """All ranks must stop after the same step, whichever of them saw the signal. With several
+        processes agreeing is a collective that waits for the GPU, so they agree every few steps."""
+        if not self.dist.active:
+            return requested
+        if self.progress.batch_idx % HEALTH_CHECK_INTERVAL:
+            return False
+        return self.dist.any_rank(requested)
 
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
