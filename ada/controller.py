@@ -73,19 +73,33 @@ class AdaController:
         self.tick_sign_sum = 0.0
         self.tick_sign_count = 0.0
         self.warned_leak = False
+        # [sum, count] of the signs not yet read to the host, on the device of the logits.
+        self._pending: torch.Tensor | None = None
 
     def accumulate(self, real_signs: torch.Tensor) -> None:
+        """Add one batch of sign(D(x_train)). Stays on the device: the host reads it in `step`."""
         # A NaN logit has no sign; counting it would move p at random.
-        finite = real_signs[torch.isfinite(real_signs)]
-        total = float(finite.sum())
+        finite = torch.isfinite(real_signs)
+        sums = torch.stack([torch.where(finite, real_signs, 0).sum().double(), finite.sum().double()])
+        self._pending = sums if self._pending is None else self._pending + sums
+
+    def _collect(self) -> None:
+        """Move the device-side sums into the host counters: a host sync, once per `interval` minibatches."""
+        if self._pending is None:
+            return
+        total, count = self._pending.tolist()
+        self._pending = None
         self.sign_sum += total
-        self.sign_count += finite.numel()
+        self.sign_count += count
         self.tick_sign_sum += total
-        self.tick_sign_count += finite.numel()
+        self.tick_sign_count += count
 
     def step(self, batch_idx: int, batch: int, reduce=None) -> bool:
         """Call after every minibatch; updates p every `interval` batches. Returns whether it ran."""
-        if batch_idx % self.interval != 0 or self.sign_count == 0:
+        if batch_idx % self.interval != 0:
+            return False
+        self._collect()
+        if self.sign_count == 0:
             return False
         sums = torch.tensor([self.sign_sum, self.sign_count], dtype=torch.float64)
         if reduce is not None:
@@ -110,6 +124,7 @@ class AdaController:
 
     def tick_r_t(self, reduce=None) -> float | None:
         """r_t over every real D saw in this tick (all ranks with `reduce`), then start a new tick."""
+        self._collect()
         sums = torch.tensor([self.tick_sign_sum, self.tick_sign_count], dtype=torch.float64)
         if reduce is not None:
             sums = reduce(sums)
@@ -117,6 +132,7 @@ class AdaController:
         return None if sums[1] == 0 else r_t(float(sums[0]), float(sums[1]))
 
     def state_dict(self) -> dict:
+        self._collect()
         return {
             "p": self.p, "sign_sum": self.sign_sum, "sign_count": self.sign_count,
             "last_r_t": self.last_r_t, "last_r_v": self.last_r_v, "warned_leak": self.warned_leak,

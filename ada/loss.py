@@ -55,10 +55,24 @@ def style_mixing_cutoff(num_ws: int, prob: float) -> int:
     return int(torch.randint(1, num_ws, []).item())
 
 
+def compiled(module: nn.Module) -> nn.Module:
+    """torch.compile(module), drawing random numbers as eager PyTorch does.
+
+    Inductor's own random kernels would give the noise inputs other values than an eager run
+    with the same seed; with eager randomness a compiled run follows the eager one within float
+    tolerance. (A process-wide inductor setting: it only ever makes compiled code match eager.)
+    """
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True
+    return torch.compile(module)
+
+
 class StyleGAN2Loss:
     """Runs one phase ('Gmain', 'Greg', 'Dmain', 'Dreg') and accumulates its gradients.
 
-    `gain` multiplies the loss: lazy regularisation runs every k steps with k times the weight.
+    `gain` multiplies the loss: lazy regularisation runs every k steps with k times the weight, and
+    the trainer folds the float16 loss scale into it.
     Returns the detached per-phase statistics the loop logs.
     """
 
@@ -72,9 +86,14 @@ class StyleGAN2Loss:
         pl_decay: float = 0.01,
         pl_batch_shrink: int = 2,
         style_mixing: float = 0.9,
+        compile: bool = False,
     ):
         self.G = G
         self.D = D
+        # Gmain and Dmain may run compiled graphs of the same modules (same weights); R1 and the path
+        # length need double backward, which compiled graphs do not support, so those phases stay eager.
+        self.synthesis_main = compiled(G.synthesis) if compile else G.synthesis
+        self.D_main = compiled(D) if compile else D
         self.augment_pipe = augment_pipe
         self.r1_gamma = r1_gamma
         self.pl_weight = pl_weight
@@ -83,18 +102,19 @@ class StyleGAN2Loss:
         self.style_mixing = style_mixing
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
 
-    def run_G(self, z: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_G(self, z: torch.Tensor, c: torch.Tensor | None, main: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.G.mapping(z, c)
         cutoff = style_mixing_cutoff(ws.shape[1], self.style_mixing)
         if cutoff < ws.shape[1]:
             mixed = self.G.mapping(torch.randn_like(z), c, update_w_avg=False)
             ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
-        return self.G.synthesis(ws), ws
+        synthesis = self.synthesis_main if main else self.G.synthesis
+        return synthesis(ws), ws
 
-    def run_D(self, img: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def run_D(self, img: torch.Tensor, c: torch.Tensor | None, main: bool = False) -> torch.Tensor:
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
-        return self.D(img, c)
+        return (self.D_main if main else self.D)(img, c)
 
     def accumulate_gradients(
         self,
@@ -103,12 +123,12 @@ class StyleGAN2Loss:
         real_c: torch.Tensor | None,
         gen_z: torch.Tensor,
         gen_c: torch.Tensor | None,
-        gain: float,
+        gain: float | torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
         if phase == "Gmain":
-            gen_img, _ = self.run_G(gen_z, gen_c)
-            loss = g_loss(self.run_D(gen_img, gen_c))
+            gen_img, _ = self.run_G(gen_z, gen_c, main=True)
+            loss = g_loss(self.run_D(gen_img, gen_c, main=True))
             stats["loss_G"] = loss.detach().mean()
             loss.mean().mul(gain).backward()
         elif phase == "Greg":
@@ -117,8 +137,7 @@ class StyleGAN2Loss:
             lengths = path_lengths(gen_img, gen_ws, path_length_noise(gen_img))
             pl_mean = self.pl_mean.lerp(lengths.mean(), self.pl_decay)
             # A non-finite step is skipped by the trainer; it must not poison the running mean for good.
-            if bool(torch.isfinite(pl_mean)):
-                self.pl_mean.copy_(pl_mean.detach())
+            self.pl_mean.copy_(torch.where(torch.isfinite(pl_mean), pl_mean.detach(), self.pl_mean))
             penalty = (lengths - pl_mean).square() * self.pl_weight
             stats["loss_G_pl"] = penalty.detach().mean()
             # The zero-weighted image term keeps every synthesis parameter in the graph.
@@ -126,13 +145,13 @@ class StyleGAN2Loss:
         elif phase in ("Dmain", "Dreg"):
             if phase == "Dmain":
                 with torch.no_grad():
-                    gen_img, _ = self.run_G(gen_z, gen_c)
-                gen_logits = self.run_D(gen_img, gen_c)
+                    gen_img, _ = self.run_G(gen_z, gen_c, main=True)
+                gen_logits = self.run_D(gen_img, gen_c, main=True)
                 loss_gen = d_loss_gen(gen_logits)
                 loss_gen.mean().mul(gain).backward()
             do_r1 = phase == "Dreg"
             real = real_img.detach().requires_grad_(do_r1)
-            real_logits = self.run_D(real, real_c)
+            real_logits = self.run_D(real, real_c, main=not do_r1)
             stats["real_signs"] = real_logits.detach().sign()
             total = real_logits * 0
             if phase == "Dmain":

@@ -40,12 +40,15 @@ from ada.evaluation import MetricReals, MetricSuite, format_results, write_resul
 from ada.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
+from ada.loss_scaler import LossScaler
 from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
 from ada.tracking import Tracker
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
+# Minibatches between reads of the bad-step counters: the host waits for the device only this often.
+HEALTH_CHECK_INTERVAL = 16
 # Images per set for the r_v measurement at each tick.
 RV_BATCH = 64
 
@@ -57,6 +60,7 @@ class Phase:
     params: list[torch.nn.Parameter]
     opt: torch.optim.Optimizer
     interval: int
+    scaler: LossScaler
 
 
 @dataclass
@@ -147,8 +151,9 @@ def lazy_adam(params: list[torch.nn.Parameter], cfg: TrainConfig, reg_interval: 
     """Adam whose lr and betas compensate for regularising only every `reg_interval` steps."""
     ratio = reg_interval / (reg_interval + 1)
     o = cfg.optim
+    # Fused: one kernel per step, and it skips a step flagged by the loss scaler on the device.
     return torch.optim.Adam(
-        params, lr=o.lr * ratio, betas=(o.beta1**ratio, o.beta2**ratio), eps=o.eps
+        params, lr=o.lr * ratio, betas=(o.beta1**ratio, o.beta2**ratio), eps=o.eps, fused=True
     )
 
 
@@ -173,8 +178,15 @@ def finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-to-GPU copy that does not make the host wait for the GPU to finish its queue."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+    return to_device(images, device).to(torch.float32) / 127.5 - 1
 
 
 def run_description(cfg: TrainConfig, data_name: str) -> str:
@@ -296,6 +308,7 @@ class Trainer:
         self.loss = StyleGAN2Loss(
             self.G, self.D, self.augment_pipe, r1_gamma=cfg.loss.r1_gamma, pl_weight=cfg.loss.pl_weight,
             pl_decay=cfg.loss.pl_decay, pl_batch_shrink=cfg.loss.pl_batch_shrink, style_mixing=cfg.loss.style_mixing,
+            compile=cfg.compile,
         )
         self.phases = self._build_phases(list(self.G.parameters()), d_params)
         if source is not None and source.state is not None:
@@ -356,6 +369,14 @@ class Trainer:
                 "convert the data with `ada dataset --resolution` or choose a matching checkpoint"
             )
 
+    def uses_float16(self) -> bool:
+        """Whether any block computes in float16 (which needs loss scaling): CUDA, mixed precision, not bf16."""
+        blocks = [*self.G.synthesis.children(), *self.D.children()]
+        return (
+            self.device.type == "cuda" and not self.cfg.bf16
+            and any(getattr(b, "use_fp16", False) for b in blocks)
+        )
+
     def _apply_precision(self) -> None:
         reduced = torch.bfloat16 if self.cfg.bf16 else torch.float16
         memory_format = torch.channels_last if self.cfg.nhwc else torch.contiguous_format
@@ -383,17 +404,21 @@ class Trainer:
     def _build_phases(self, g_params: list, d_params: list) -> list[Phase]:
         cfg = self.cfg
         phases = []
+
+        def scaler() -> LossScaler:
+            return LossScaler(self.device, enabled=self.uses_float16())
+
         for name, module, params, reg_interval in (
             ("G", self.G, g_params, cfg.loss.g_reg_interval),
             ("D", self.D, d_params, cfg.loss.d_reg_interval),
         ):
             opt = lazy_adam(params, cfg, reg_interval)
-            phases.append(Phase(f"{name}main", module, params, opt, 1))
+            phases.append(Phase(f"{name}main", module, params, opt, 1, scaler()))
             if name == "G" and cfg.loss.pl_weight == 0:
                 continue
             if name == "D" and cfg.loss.r1_gamma == 0:
                 continue
-            phases.append(Phase(f"{name}reg", module, params, opt, reg_interval))
+            phases.append(Phase(f"{name}reg", module, params, opt, reg_interval, scaler()))
         return phases
 
     def _restore_training_state(self, path: Path, state: dict[str, Any]) -> None:
@@ -407,6 +432,9 @@ class Trainer:
         next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
+        for phase in self.phases:
+            if phase.name in state.get("loss_scalers", {}):
+                phase.scaler.load_state_dict(state["loss_scalers"][phase.name])
         known = {f.name for f in fields(Progress)}
         self.progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         # The snapshot was taken at the end of its tick: continue with the next one.
@@ -424,19 +452,19 @@ class Trainer:
         """[phases, per_rank, z_dim] latents and labels for this rank's share of the global batch."""
         b, r = self.per_rank, self.dist.rank
         z = torch.randn([num_phases, self.cfg.batch, self.G.z_dim], generator=self.shared_gen)
-        z = z[:, r * b : (r + 1) * b].to(self.device)
+        z = to_device(z[:, r * b : (r + 1) * b], self.device)
         if self.G.c_dim == 0:
             return z, None
         # Generated images get labels drawn from the training set's label distribution.
         idx = torch.randint(len(self.train_set), [num_phases * self.cfg.batch], generator=self.shared_gen)
         c = self.train_set.labels_of(idx.tolist()).reshape(num_phases, self.cfg.batch, -1)
-        return z, c[:, r * b : (r + 1) * b].to(self.device)
+        return z, to_device(c[:, r * b : (r + 1) * b], self.device)
 
     def train_step(self, tick_stats: TickStats) -> None:
         """One minibatch: every due phase over all rounds of batch_gpu images, then EMA and the p update."""
         real_img, real_c = next(self.data_iter)
         real_img = to_float_images(real_img, self.device).split(self.batch_gpu)
-        real_c = real_c.to(self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
+        real_c = to_device(real_c, self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
         rounds = len(real_img)
         if self.augment_pipe is not None:
             self.augment_pipe.p.fill_(self.controller.p)
@@ -451,7 +479,7 @@ class Trainer:
             for k in range(rounds):
                 stats = self.loss.accumulate_gradients(
                     phase.name, real_img[k], None if real_c is None else real_c[k], z_rounds[k], c_rounds[k],
-                    gain=phase.interval / rounds,
+                    gain=phase.scaler.scale_loss(phase.interval / rounds),
                 )
                 if "real_signs" in stats:
                     self.controller.accumulate(stats.pop("real_signs"))
@@ -473,31 +501,36 @@ class Trainer:
             self.say(message)
 
     def _apply_gradients(self, phase: Phase) -> None:
-        """Average gradients across ranks and step, unless any is non-finite: then skip the step.
+        """Average gradients across ranks and step, unless any is non-finite: then the step is skipped.
 
-        Counted per phase: a G that stays non-finite must stop the run even while D's steps are fine.
+        The decision is taken on the device (see `LossScaler`); `check_health` reads the outcome.
         """
         params = [p for p in phase.params if p.grad is not None]
         if not params:
             return
-        flat = torch.cat([p.grad.flatten() for p in params])
-        flat = self.dist.all_reduce_mean(flat)
-        if not bool(torch.isfinite(flat).all()):
-            self.progress.skipped_steps += 1
-            streak = self.bad_streak[phase.name] = self.bad_streak.get(phase.name, 0) + 1
-            phase.opt.zero_grad(set_to_none=True)
-            if streak >= MAX_CONSECUTIVE_BAD_STEPS:
+        if self.dist.active:
+            # One collective for all of the phase's gradients.
+            flat = self.dist.all_reduce_mean(torch.cat([p.grad.flatten() for p in params]))
+            for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                p.grad = g.view_as(p)
+        phase.scaler.step(phase.opt, [p.grad for p in params])
+
+    def check_health(self) -> None:
+        """Count skipped steps and stop a diverged run. Reads device counters: call it every few steps.
+
+        Counted per phase: a G that stays non-finite must stop the run even while D's steps are fine.
+        """
+        for phase in self.phases:
+            streak, longest, skipped = phase.scaler.take_counts()
+            self.bad_streak[phase.name] = streak
+            self.progress.skipped_steps += skipped
+            if longest >= MAX_CONSECUTIVE_BAD_STEPS:
                 where = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot yet"
                 raise UserError(
-                    f"training diverged: {streak} {phase.name} steps in a row had non-finite gradients at "
+                    f"training diverged: {longest} {phase.name} steps in a row had non-finite gradients by "
                     f"{self.progress.cur_nimg / 1000:.3f} kimg; {where}, untouched; resume from it with a lower "
                     "learning rate or --gamma"
                 )
-            return
-        self.bad_streak[phase.name] = 0
-        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
-            p.grad = g.view_as(p)
-        phase.opt.step()
 
     def say(self, message: str) -> None:
         """A warning printed once per run, and recorded in the run directory's log."""
@@ -579,6 +612,8 @@ class Trainer:
             tick_start = time.time()
             while True:
                 self.train_step(tick_stats)
+                if self.progress.batch_idx % HEALTH_CHECK_INTERVAL == 0:
+                    self.check_health()
                 # All ranks must stop after the same step, whichever of them saw the signal.
                 stopping = self.dist.any_rank(stop.requested)
                 done = self.progress.cur_nimg >= total_nimg or stopping
@@ -637,6 +672,7 @@ class Trainer:
 
     def _end_tick(self, tick_stats: TickStats, seconds: float, final: bool, stopping: bool = False) -> None:
         cfg, prog = self.cfg, self.progress
+        self.check_health()
         tick_kimg = (prog.cur_nimg - prog.tick_start_nimg) / 1000
         means = tick_stats.means(self.dist.all_reduce_mean)
         rv = self.measure_overfitting()
@@ -722,6 +758,7 @@ class Trainer:
             "augment_pipe": None if self.augment_pipe is None else self.augment_pipe.state_dict(),
             "controller": self.controller.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
+            "loss_scalers": {phase.name: phase.scaler.state_dict() for phase in self.phases},
             "progress": asdict(self.progress),
             "rng": {**(rng_states or self.rng_states()), "shared": self.shared_gen.get_state()},
             "transfer": self.transfer,

@@ -107,3 +107,20 @@ def test_heuristic_formulas_against_hand_computation():
     assert r_v(2.0, 2.0, -1.0) == 0.0
     assert r_v(1.0, 1.0, 1.0) == 0.0  # degenerate: D cannot tell anything apart
     assert p_update(0.2, 0.7, 0.6, 64, 4, 500) == pytest.approx(0.2 + 64 * 4 / 500_000)
+
+
+def test_signs_not_yet_read_are_kept_in_the_state():
+    """A snapshot between two updates carries the signs collected so far: a resumed run updates p as
+    the uninterrupted one does."""
+    straight = AdaController(target=0.6, interval=4, ada_kimg=1)
+    saved = AdaController(target=0.6, interval=4, ada_kimg=1)
+    for ctrl in (straight, saved):
+        ctrl.accumulate(torch.tensor([1.0, 1.0, float("nan"), -1.0]))
+    resumed = AdaController(target=0.6, interval=4, ada_kimg=1)
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.sign_count == 3  # the NaN logit has no sign and is not counted
+    for ctrl in (straight, resumed):
+        ctrl.accumulate(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+        assert ctrl.step(4, 4)
+    assert resumed.last_r_t == straight.last_r_t == pytest.approx(5 / 7)
+    assert resumed.p == straight.p > 0

@@ -264,6 +264,7 @@ def test_non_finite_steps_are_skipped_and_counted(monkeypatch):
     # Step 0 runs all four phases: a NaN path length skips Greg and must not reach pl_mean.
     monkeypatch.setattr(ada.loss, "path_lengths", lambda *a: real_path_lengths(*a) * float("nan"))
     trainer.train_step(TickStats())
+    trainer.check_health()  # the counters stay on the device until the host reads them
     assert trainer.progress.skipped_steps == 1 and trainer.bad_streak["Greg"] == 1
     assert trainer.loss.pl_mean.item() == 0.0
     monkeypatch.setattr(ada.loss, "path_lengths", real_path_lengths)
@@ -272,6 +273,7 @@ def test_non_finite_steps_are_skipped_and_counted(monkeypatch):
     G_before, D_before = params(trainer.G), params(trainer.D)
     monkeypatch.setattr(ada.loss, "g_loss", lambda logits: real_g_loss(logits) * float("nan"))
     trainer.train_step(TickStats())
+    trainer.check_health()
     assert trainer.progress.skipped_steps == 2 and trainer.bad_streak["Gmain"] == 1
     assert all(torch.equal(p, G_before[n]) for n, p in trainer.G.named_parameters())
     assert any(not torch.equal(p, D_before[n]) for n, p in trainer.D.named_parameters())
@@ -279,6 +281,7 @@ def test_non_finite_steps_are_skipped_and_counted(monkeypatch):
     # A good step ends the streak and trains G again.
     monkeypatch.setattr(ada.loss, "g_loss", real_g_loss)
     trainer.train_step(TickStats())
+    trainer.check_health()
     assert trainer.progress.skipped_steps == 2 and trainer.bad_streak["Gmain"] == 0
     assert any(not torch.equal(p, G_before[n]) for n, p in trainer.G.named_parameters())
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
@@ -308,6 +311,31 @@ def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(
     stats = read_jsonl(run / "stats.jsonl")
     assert len(stats) == snap["progress"]["stats_lines"] == 3
     assert [s["skipped_steps"] for s in stats] == [0, 0, 1]
+
+
+def test_divergence_inside_a_long_tick_is_caught_at_the_next_health_check(tmp_path, monkeypatch, capsys):
+    """The bad-step counters live on the device and are read every HEALTH_CHECK_INTERVAL steps, not
+    only at tick ends: a run does not train on for a whole tick after it diverged."""
+    monkeypatch.setattr(ada.training, "MAX_CONSECUTIVE_BAD_STEPS", 2)
+    real_g_loss = ada.loss.g_loss
+    calls = []
+
+    def g_loss_bad_from_step_2(logits):
+        calls.append(1)
+        return real_g_loss(logits) * (float("nan") if len(calls) > 2 else 1.0)
+
+    monkeypatch.setattr(ada.loss, "g_loss", g_loss_bad_from_step_2)
+    outdir = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc_info:
+        train(outdir, "--kimg", "1", "--tick", "1")
+    check = ada.training.HEALTH_CHECK_INTERVAL
+    # Steps 2 .. check-1 were bad; the check after step check-1 stopped the run.
+    assert len(calls) == check
+    run = only_run(outdir)
+    assert_clean_exit(exc_info, capsys, f"{check - 2} Gmain steps in a row", f"by {check * STEP_NIMG / 1000:.3f} kimg",
+                      str(run / SNAPSHOT))
+    snap = load_checkpoint(run / SNAPSHOT)
+    assert snap["progress"]["cur_nimg"] == STEP_NIMG  # tick 0's snapshot, written before anything went wrong
 
 
 def test_no_snapshot_with_non_finite_weights(tmp_path):
