@@ -1,55 +1,57 @@
-"""Throughput of the augmentation pipeline, forward and backward with respect to the images.
+"""Throughput and peak memory of the augmentation pipeline, forward and backward with respect to the images.
 
     python benchmarks/augment_speed.py --res 32 --batch 32 --preset bgc --p 0.6 --iters 20
     python benchmarks/augment_speed.py ... --official /work/official/stylegan2-ada-pytorch
 
 With --official, NVIDIA's AugmentPipe from that checkout (not part of this repository) is timed
-with the same settings in the same run, alternating with ours, and the ratio is printed. Other
-processes share the machine, so compare ratios, not absolute figures from different runs.
+with the same settings in the same run, taking turns with ours, and the ratio is printed. Each
+pipeline runs in its own process on the same images, so the peak memory printed is its own.
+Other processes share the machine, so compare ratios, not absolute figures from different runs.
 The last line is always `img/s: X` for our pipeline (median over the repeats).
 """
+
+from __future__ import annotations
 
 import argparse
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from harness import Sides
 
 from augment import PRESETS, AugmentPipe
 
 
-def load_official(checkout: Path, strengths: dict[str, float]) -> torch.nn.Module:
-    """Builds the official AugmentPipe from a checkout; its code is imported, never copied or edited."""
-    if not (checkout / "training" / "augment.py").is_file():
-        raise SystemExit(f"--official: {checkout} has no training/augment.py; "
-                         "pass a checkout of NVlabs/stylegan2-ada-pytorch")
-    sys.path.insert(0, str(checkout))
-    from training.augment import AugmentPipe as OfficialPipe  # noqa: PLC0415 (path known only at run time)
+def build_pipe(preset: str, p: float, official: Path | None) -> torch.nn.Module:
+    """Ours, or with `official` the checkout's AugmentPipe (its code is imported, never copied or edited)."""
+    if official is None:
+        return AugmentPipe(preset, p=p)
+    sys.path.insert(0, str(official.resolve()))
+    from training.augment import AugmentPipe as OfficialPipe  # the checkout's, on the path only in this process
 
-    return OfficialPipe(**strengths)
-
-
-def time_pipe(pipe: torch.nn.Module, images: torch.Tensor, weights: torch.Tensor, iters: int) -> float:
-    """Images per second over `iters` forward+backward passes."""
-
-    def sync() -> None:
-        if images.device.type == "cuda":
-            torch.cuda.synchronize(images.device)
-
-    sync()
-    start = time.perf_counter()
-    for _ in range(iters):
-        images.grad = None
-        (pipe(images) * weights).sum().backward()
-    sync()
-    return iters * images.shape[0] / (time.perf_counter() - start)
+    pipe = OfficialPipe(**dict(PRESETS[preset]))
+    pipe.p.copy_(torch.tensor(p))
+    return pipe
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class PipeRunner:
+    """One step: a forward and backward pass of a pipeline over a fixed batch of random images."""
+
+    def __init__(self, preset: str, p: float, official: Path | None, shape: tuple[int, ...], device: str):
+        # The worker seeds torch before building, so both sides see the same images and weights.
+        self.images = (torch.rand(shape, device=device) * 2 - 1).requires_grad_()
+        self.weights = torch.randn_like(self.images)
+        self.pipe = build_pipe(preset, p, official).to(device)
+
+    def step(self) -> None:
+        self.images.grad = None
+        (self.pipe(self.images) * self.weights).sum().backward()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--res", type=int, default=32, help="image height and width")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
@@ -57,36 +59,44 @@ def main() -> None:
     parser.add_argument("--p", type=float, default=0.6, help="augmentation probability")
     parser.add_argument("--iters", type=int, default=20, help="timed passes per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed passes before the first repeat")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--official", type=Path, default=None,
                         help="checkout of NVlabs/stylegan2-ada-pytorch to time alongside")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0 <= args.p <= 1:
-        raise SystemExit(f"--p must be in [0, 1], got {args.p}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        parser.error(f"--p={args.p} must lie in [0, 1]")
+    if min(args.res, args.batch, args.channels, args.iters, args.repeats) < 1 or args.warmup < 0:
+        parser.error("--res, --batch, --channels, --iters and --repeats must be at least 1, --warmup at least 0")
+    if args.official is not None and not (args.official / "training" / "augment.py").is_file():
+        parser.error(f"--official={args.official} has no training/augment.py; "
+                     "pass a checkout of NVlabs/stylegan2-ada-pytorch")
+    return args
 
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     shape = (args.batch, args.channels, args.res, args.res)
-    images = (torch.rand(shape, device=device) * 2 - 1).requires_grad_()
-    weights = torch.randn_like(images)
-    pipes = {"ours": AugmentPipe(args.preset, p=args.p).to(device)}
+    factories = {"ours": partial(PipeRunner, args.preset, args.p, None, shape, args.device)}
     if args.official is not None:
-        official = load_official(args.official, dict(PRESETS[args.preset])).to(device)
-        official.p.copy_(torch.tensor(args.p))
-        pipes["official"] = official
-
+        factories["official"] = partial(PipeRunner, args.preset, args.p, args.official, shape, args.device)
+    threads = args.threads if args.threads is not None else torch.get_num_threads()
     print(f"preset {args.preset}, p {args.p}, batch {args.batch}x{args.channels}x{args.res}x{args.res}, "
-          f"device {device}, threads {torch.get_num_threads()}, {args.iters} passes x {args.repeats} repeats")
-    for pipe in pipes.values():
-        time_pipe(pipe, images, weights, 2)  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in pipes}
+          f"device {args.device}, threads {threads}, {args.iters} passes x {args.repeats} repeats, "
+          f"{args.warmup} warm-up, each pipeline in its own process", flush=True)
+    sides = Sides(factories, args.device, args.threads, args.warmup)
+    names = list(factories)
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(args.repeats):
-        for name, pipe in pipes.items():
-            rates[name].append(time_pipe(pipe, images, weights, args.iters))
-        print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.1f} img/s" for name in pipes))
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            wall, _ = sides.run(name, args.iters)
+            rates[name].append(args.iters * args.batch / wall)
+        print(f"repeat {repeat}: " + ", ".join(f"{name} {rates[name][-1]:.1f} img/s" for name in names), flush=True)
+    memory = {name: sides.memory(name) for name in names}
+    sides.close()
+    for name in names:
+        print(f"{name} peak memory: {memory[name].describe()}")
     median = {name: statistics.median(values) for name, values in rates.items()}
     if "official" in median:
         ratios = [ours / official for ours, official in zip(rates["ours"], rates["official"], strict=True)]
