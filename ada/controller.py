@@ -99,11 +99,12 @@ class AdaController:
         if batch_idx % self.interval != 0:
             return False
         self._collect()
-        if self.sign_count == 0:
-            return False
         sums = torch.tensor([self.sign_sum, self.sign_count], dtype=torch.float64)
+        # Reduced before the check: every rank must join the collective, even one that saw only NaN logits.
         if reduce is not None:
             sums = reduce(sums)
+        if sums[1] == 0:
+            return False
         self.sign_sum = self.sign_count = 0.0
         self.last_r_t = r_t(float(sums[0]), float(sums[1]))
         if self.adjust:

@@ -90,10 +90,13 @@ class LossScaler:
         return streak, max_streak, skipped
 
     def state_dict(self) -> dict[str, float]:
-        return {"scale": float(self.scale), "good_steps": float(self.good_steps), "streak": float(self.streak)}
+        return {"enabled": float(self.enabled), "scale": float(self.scale), "good_steps": float(self.good_steps),
+                "streak": float(self.streak)}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        if self.enabled:
+        # Only a float16 run's scale carries over: a float32 or bf16 run (scale 1) resumed in float16
+        # starts from INIT_SCALE instead of climbing from 1 for thousands of steps.
+        if self.enabled and state.get("enabled"):
             self.scale.fill_(state["scale"])
             self.good_steps.fill_(state["good_steps"])
         self.streak.fill_(state["streak"])

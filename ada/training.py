@@ -158,6 +158,18 @@ def lazy_adam(params: list[torch.nn.Parameter], cfg: TrainConfig, reg_interval: 
     )
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Adam's moments and step counts from a checkpoint, keeping this optimiser's fused implementation.
+
+    `load_state_dict` also takes the saved implementation flags; a checkpoint written by an unfused
+    Adam would switch off the fused kernel that the device-side step skip relies on.
+    """
+    implementation = [{key: group[key] for key in ("fused", "foreach")} for group in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, flags in zip(opt.param_groups, implementation, strict=True):
+        group.update(flags)
+
+
 def ema_beta(batch: int, cur_nimg: int, ema_kimg: float, ema_rampup: float | None) -> float:
     """Per-step decay of G_ema: a half-life of ema_kimg thousand images, shorter early on with a rampup."""
     ema_nimg = ema_kimg * 1000
@@ -429,8 +441,8 @@ class Trainer:
                 f"{path} was trained with --freezed={saved_freezed}; resume it with the same value "
                 "(or fine-tune from it on other data)"
             )
-        self.phases[0].opt.load_state_dict(state["opt_G"])
-        next(p for p in self.phases if p.name == "Dmain").opt.load_state_dict(state["opt_D"])
+        load_optimizer_state(self.phases[0].opt, state["opt_G"])
+        load_optimizer_state(next(p for p in self.phases if p.name == "Dmain").opt, state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
         for phase in self.phases:

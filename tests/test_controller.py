@@ -124,3 +124,18 @@ def test_signs_not_yet_read_are_kept_in_the_state():
         assert ctrl.step(4, 4)
     assert resumed.last_r_t == straight.last_r_t == pytest.approx(5 / 7)
     assert resumed.p == straight.p > 0
+
+
+def test_every_rank_joins_the_reduction_even_without_finite_signs():
+    """A rank whose logits were all NaN must still take part in the collective, or the others hang."""
+    calls = []
+
+    def reduce(sums):
+        calls.append(sums.clone())
+        return sums + torch.tensor([4.0, 4.0], dtype=torch.float64)  # another rank's four +1 signs
+
+    ctrl = AdaController(target=0.6, interval=1, ada_kimg=1)
+    ctrl.accumulate(torch.full([4], float("nan")))
+    assert ctrl.step(1, 4, reduce=reduce)
+    assert len(calls) == 1 and calls[0].tolist() == [0.0, 0.0]
+    assert ctrl.last_r_t == 1.0 and ctrl.p > 0

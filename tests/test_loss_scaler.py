@@ -98,7 +98,30 @@ def test_state_round_trip():
     other = LossScaler(torch.device("cpu"), enabled=True)
     other.load_state_dict(scaler.state_dict())
     assert (other.scale.item(), other.good_steps.item(), other.streak.item()) == (32, 5, 2)
-    # A scale saved by a float16 run does not switch scaling on in a float32 one.
+    # A scale saved by a float16 run does not switch scaling on in a float32 one ...
     plain = LossScaler(torch.device("cpu"), enabled=False)
     plain.load_state_dict(scaler.state_dict())
     assert plain.scale.item() == 1.0
+    # ... and a float32 run's scale of 1 does not carry into a float16 one, which starts afresh.
+    resumed = LossScaler(torch.device("cpu"), enabled=True, init_scale=512.0)
+    resumed.load_state_dict(plain.state_dict())
+    assert resumed.scale.item() == 512.0
+
+
+def test_adam_state_saved_unfused_loads_into_the_fused_optimiser():
+    """Checkpoints from before the fused Adam keep working: the skip needs the fused kernel."""
+    from ada.training import load_optimizer_state
+
+    a, opt, _, _ = adam_pair()
+    unfused = torch.optim.Adam(a, lr=0.01, betas=(0.0, 0.99), eps=1e-8, foreach=False)
+    (a[0].sum() + a[1].sum()).backward()
+    unfused.step()
+    load_optimizer_state(opt, unfused.state_dict())
+    assert opt.param_groups[0]["fused"] is True
+    assert opt.state[a[0]]["exp_avg"].abs().max() > 0  # the moments came across
+    before = [p.detach().clone() for p in a]
+    scaler = LossScaler(torch.device("cpu"), enabled=False)
+    opt.zero_grad()
+    (a[0].sum() * float("nan")).backward()
+    scaler.step(opt, [p.grad for p in a if p.grad is not None])
+    assert all(torch.equal(p, q) for p, q in zip(a, before, strict=True))
