@@ -103,10 +103,11 @@ class AdaController:
         # Reduced before the check: every rank must join the collective, even one that saw only NaN logits.
         if reduce is not None:
             sums = reduce(sums)
-        if sums[1] == 0:
+        total, count = sums.tolist()
+        if count == 0:
             return False
         self.sign_sum = self.sign_count = 0.0
-        self.last_r_t = r_t(float(sums[0]), float(sums[1]))
+        self.last_r_t = r_t(total, count)
         if self.adjust:
             value = self.last_r_t if self.heuristic == "rt" else self.last_r_v
             if value is not None:
