@@ -146,6 +146,19 @@ def load_preset(name: str) -> TrainConfig:
     return cfg
 
 
+def resolve(preset: str, overrides: dict[str, Any], resolution: int | None) -> TrainConfig:
+    """The layers of the module docstring: configs/PRESET.yaml, its auto rules at `resolution` (left
+    out while the resolution is unknown), then `overrides` (the user's flags). Not validated."""
+    if "batch" in overrides and "batch_gpu" not in overrides:
+        # A batch the user chose runs in one pass per GPU, as the official --batch does.
+        overrides = {**overrides, "batch_gpu": None}
+    cfg = load_preset(preset)
+    if cfg.auto_rules and resolution is not None:
+        apply_overrides(cfg, auto_rules(resolution, overrides.get("gpus", cfg.gpus)), source="auto rules")
+    apply_overrides(cfg, overrides, source="command line")
+    return cfg
+
+
 def apply_overrides(cfg: Any, values: dict[str, Any], source: str) -> None:
     """Set dataclass fields from a (nested) dict, refusing unknown keys."""
     known = {f.name: f for f in dataclasses.fields(cfg)}

@@ -20,17 +20,13 @@ from ada.errors import UserError
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Any]:
     """Preset, then auto rules from the data, then the user's flags; validated. Returns (cfg, dataset)."""
-    if "batch" in overrides and "batch_gpu" not in overrides:
-        # A batch the user chose runs in one pass per GPU, as the official --batch does.
-        overrides = {**overrides, "batch_gpu": None}
-    cfg = config_mod.load_preset(preset)
-    config_mod.apply_overrides(cfg, overrides, source="command line")
+    # The flags are checked before the data is opened; the auto rules need its resolution.
+    cfg = config_mod.resolve(preset, overrides, resolution=None)
     config_mod.validate(cfg)
     dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
     config_mod.check_against_data(cfg, dataset.resolution)
     if cfg.auto_rules:
-        config_mod.apply_overrides(cfg, config_mod.auto_rules(dataset.resolution, cfg.gpus), source="auto rules")
-        config_mod.apply_overrides(cfg, overrides, source="command line")
+        cfg = config_mod.resolve(preset, overrides, dataset.resolution)
         config_mod.validate(cfg)
     return cfg, dataset
 

@@ -149,17 +149,15 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The preset (or the reference configuration), its rules at --res, then the flags; validated.
 
-    The layers are those of `ada.launch.resolve_config`, with --res standing in for the data.
+    A preset resolves as `ada train` resolves it (`ada.config.resolve`), with --res standing in for the data.
     """
     if args.preset is not None:
-        cfg = config_mod.load_preset(args.preset)
-        if cfg.auto_rules:
-            config_mod.apply_overrides(cfg, config_mod.auto_rules(args.res, 1), source="auto rules")
+        cfg = config_mod.resolve(args.preset, flag_overrides(args), args.res)
     else:
         cfg = TrainConfig(cfg="reference")
         rules = reference_rules(args.res, args.batch or 32, args.z_dim or 512)
         config_mod.apply_overrides(cfg, rules, source="reference configuration")
-    config_mod.apply_overrides(cfg, flag_overrides(args), source="command line")
+        config_mod.apply_overrides(cfg, flag_overrides(args), source="command line")
     cfg.data, cfg.workers, cfg.seed = "random", 0, 0
     config_mod.validate(cfg)
     return cfg
