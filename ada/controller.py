@@ -42,6 +42,15 @@ def p_update(p: float, heuristic: float, target: float, batch: int, interval: in
     return min(max(p + delta, 0.0), p_max)
 
 
+def _reduced(total: float, count: float, reduce=None) -> tuple[float, float]:
+    """(sum, count) of the signs over all ranks when `reduce` sums across processes."""
+    sums = torch.tensor([total, count], dtype=torch.float64)
+    if reduce is not None:
+        sums = reduce(sums)
+    total, count = sums.tolist()
+    return total, count
+
+
 class AdaController:
     """Collects sign(D(x_train)) and retunes p; its whole state goes into checkpoints.
 
@@ -99,11 +108,8 @@ class AdaController:
         if batch_idx % self.interval != 0:
             return False
         self._collect()
-        sums = torch.tensor([self.sign_sum, self.sign_count], dtype=torch.float64)
         # Reduced before the check: every rank must join the collective, even one that saw only NaN logits.
-        if reduce is not None:
-            sums = reduce(sums)
-        total, count = sums.tolist()
+        total, count = _reduced(self.sign_sum, self.sign_count, reduce)
         if count == 0:
             return False
         self.sign_sum = self.sign_count = 0.0
@@ -127,11 +133,9 @@ class AdaController:
     def tick_r_t(self, reduce=None) -> float | None:
         """r_t over every real D saw in this tick (all ranks with `reduce`), then start a new tick."""
         self._collect()
-        sums = torch.tensor([self.tick_sign_sum, self.tick_sign_count], dtype=torch.float64)
-        if reduce is not None:
-            sums = reduce(sums)
+        total, count = _reduced(self.tick_sign_sum, self.tick_sign_count, reduce)
         self.tick_sign_sum = self.tick_sign_count = 0.0
-        return None if sums[1] == 0 else r_t(float(sums[0]), float(sums[1]))
+        return None if count == 0 else r_t(total, count)
 
     def state_dict(self) -> dict:
         self._collect()

@@ -417,21 +417,18 @@ class Trainer:
     def _build_phases(self, g_params: list, d_params: list) -> list[Phase]:
         cfg = self.cfg
         phases = []
-
-        def scaler() -> LossScaler:
-            return LossScaler(self.device, enabled=self.uses_float16())
-
+        float16 = self.uses_float16()
         for name, module, params, reg_interval in (
             ("G", self.G, g_params, cfg.loss.g_reg_interval),
             ("D", self.D, d_params, cfg.loss.d_reg_interval),
         ):
             opt = lazy_adam(params, cfg, reg_interval)
-            phases.append(Phase(f"{name}main", module, params, opt, 1, scaler()))
+            phases.append(Phase(f"{name}main", module, params, opt, 1, LossScaler(self.device, float16)))
             if name == "G" and cfg.loss.pl_weight == 0:
                 continue
             if name == "D" and cfg.loss.r1_gamma == 0:
                 continue
-            phases.append(Phase(f"{name}reg", module, params, opt, reg_interval, scaler()))
+            phases.append(Phase(f"{name}reg", module, params, opt, reg_interval, LossScaler(self.device, float16)))
         return phases
 
     def _restore_training_state(self, path: Path, state: dict[str, Any]) -> None:

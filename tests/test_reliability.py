@@ -287,9 +287,8 @@ def test_non_finite_steps_are_skipped_and_counted(monkeypatch):
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
 
 
-def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(tmp_path, monkeypatch, capsys):
-    """Only G goes bad (D's steps stay finite): the run must still stop, exit 1, and keep its last snapshot."""
-    monkeypatch.setattr(ada.training, "MAX_CONSECUTIVE_BAD_STEPS", 2)
+def make_g_loss_nan_from_step_2(monkeypatch) -> list:
+    """G's loss turns NaN from its third call (step 2) on; returns the list of calls so far."""
     real_g_loss = ada.loss.g_loss
     calls = []
 
@@ -298,6 +297,13 @@ def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(
         return real_g_loss(logits) * (float("nan") if len(calls) > 2 else 1.0)
 
     monkeypatch.setattr(ada.loss, "g_loss", g_loss_bad_from_step_2)
+    return calls
+
+
+def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(tmp_path, monkeypatch, capsys):
+    """Only G goes bad (D's steps stay finite): the run must still stop, exit 1, and keep its last snapshot."""
+    monkeypatch.setattr(ada.training, "MAX_CONSECUTIVE_BAD_STEPS", 2)
+    make_g_loss_nan_from_step_2(monkeypatch)
     outdir = tmp_path / "runs"
     with pytest.raises(SystemExit) as exc_info:
         train(outdir, "--kimg", "1")
@@ -317,14 +323,7 @@ def test_divergence_inside_a_long_tick_is_caught_at_the_next_health_check(tmp_pa
     """The bad-step counters live on the device and are read every HEALTH_CHECK_INTERVAL steps, not
     only at tick ends: a run does not train on for a whole tick after it diverged."""
     monkeypatch.setattr(ada.training, "MAX_CONSECUTIVE_BAD_STEPS", 2)
-    real_g_loss = ada.loss.g_loss
-    calls = []
-
-    def g_loss_bad_from_step_2(logits):
-        calls.append(1)
-        return real_g_loss(logits) * (float("nan") if len(calls) > 2 else 1.0)
-
-    monkeypatch.setattr(ada.loss, "g_loss", g_loss_bad_from_step_2)
+    calls = make_g_loss_nan_from_step_2(monkeypatch)
     outdir = tmp_path / "runs"
     with pytest.raises(SystemExit) as exc_info:
         train(outdir, "--kimg", "1", "--tick", "1")
