@@ -49,7 +49,8 @@ TRAIN_FIELDS = {
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
     "nobench": "nobench", "compile": "compile", "workers": "workers", "tick": "tick", "val": "val",
     "ada_kimg": "aug.ada_kimg",
-    "ada_interval": "aug.ada_interval", "ada_heuristic": "aug.heuristic", "p_max": "aug.p_max",
+    "ada_interval": "aug.ada_interval", "ada_start_kimg": "aug.ada_start_kimg", "ada_heuristic": "aug.heuristic",
+    "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
     "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
 }
@@ -93,6 +94,7 @@ def cli() -> None:
 @click.option("--tick", type=float, help="Progress report interval in kimg [default: 4]", metavar="KIMG")
 @click.option("--val", type=float, help="Share of images withheld for the r_v monitor [default: 0.05]")
 @click.option("--ada-kimg", type=float, help="ADA speed: kimg for p to move by 1 [default: 500]")
+@click.option("--ada-start-kimg", type=float, help="kimg before the adaptive p may move [default: 0]")
 @click.option("--ada-interval", type=click.IntRange(min=1), help="Minibatches between p updates [default: 4]")
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")

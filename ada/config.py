@@ -77,6 +77,8 @@ class AugConfig:
     ada_kimg: float | None = None
     heuristic: str = "rt"
     p_max: float = 1.0
+    # Thousands of images before p may move: D wins early whatever it memorises.
+    ada_start_kimg: float = 0.0
 
 
 @dataclass
@@ -241,6 +243,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(0 < aug.target < 1, f"--target={aug.target} must lie strictly between 0 and 1")
     _check(aug.ada_interval >= 1, f"--ada-interval={aug.ada_interval} must be at least 1")
     _check(aug.ada_kimg is None or aug.ada_kimg > 0, f"--ada-kimg={aug.ada_kimg} must be positive")
+    _check(aug.ada_start_kimg >= 0, f"--ada-start-kimg={aug.ada_start_kimg} must be >= 0")
     _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
     _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
@@ -270,6 +273,7 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
     _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
     for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
+                      ("ada_start_kimg", "--ada-start-kimg"),
                       ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):
         _check(key not in aug or mode == "ada", f"{flag} can only be given with --aug=ada")
 

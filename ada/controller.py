@@ -67,6 +67,7 @@ class AdaController:
         p_max: float = 1.0,
         heuristic: str = "rt",
         adjust: bool = True,
+        start_kimg: float = 0.0,
     ):
         self.target = target
         self.interval = interval
@@ -75,6 +76,7 @@ class AdaController:
         self.p_max = p_max
         self.heuristic = heuristic
         self.adjust = adjust
+        self.start_kimg = start_kimg
         self.sign_sum = 0.0
         self.sign_count = 0.0
         self.last_r_t: float | None = None
@@ -103,8 +105,11 @@ class AdaController:
         self.tick_sign_sum += total
         self.tick_sign_count += count
 
-    def step(self, batch_idx: int, batch: int, reduce=None) -> bool:
-        """Call after every minibatch; updates p every `interval` batches. Returns whether it ran."""
+    def step(self, batch_idx: int, batch: int, reduce=None, nimg: int | None = None) -> bool:
+        """Call after every minibatch; updates p every `interval` batches. Returns whether it ran.
+
+        Before `start_kimg` thousand images (`nimg`) r_t is measured but p stays where it is.
+        """
         if batch_idx % self.interval != 0:
             return False
         self._collect()
@@ -114,7 +119,7 @@ class AdaController:
             return False
         self.sign_sum = self.sign_count = 0.0
         self.last_r_t = r_t(total, count)
-        if self.adjust:
+        if self.adjust and (nimg is None or nimg >= self.start_kimg * 1000):
             value = self.last_r_t if self.heuristic == "rt" else self.last_r_v
             if value is not None:
                 self.p = p_update(self.p, value, self.target, batch, self.interval, self.ada_kimg, self.p_max)

@@ -73,6 +73,7 @@ _TICK_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("p", "p", "{:.3f}"),
     ("r_t", "r_t", "{:.3f}"),
     ("r_v", "r_v", "{:.3f}"),
+    ("diversity", "div", "{:.2f}"),
     ("mem_cpu_gb", "cpu", "{:.1f}G"),
     ("mem_gpu_gb", "gpu", "{:.1f}G"),
 )

@@ -44,6 +44,7 @@ from ada.loss_scaler import LossScaler
 from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
 from ada.tracking import Tracker
+from metrics.diversity import diversity_ratio
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -52,6 +53,10 @@ MAX_CONSECUTIVE_BAD_STEPS = 20
 HEALTH_CHECK_INTERVAL = 16
 # Images per set for the r_v measurement at each tick.
 RV_BATCH = 64
+# Generated and real images compared by the collapse signal at each tick.
+DIVERSITY_SAMPLES = 64
+# Below this diversity ratio (generated vs real pixel spread), the samples have collapsed: say so once.
+COLLAPSE_THRESHOLD = 0.5
 
 
 @dataclass
@@ -328,6 +333,7 @@ class Trainer:
             self._restore_training_state(source.path, source.state)
         # Official transfer runs drop the EMA rampup, which would otherwise overwrite G_ema at once.
         self.ema_rampup = None if self.transfer else cfg.optim.ema_rampup
+        self.diversity_probe = self._diversity_probe()
         self.data_iter = infinite_loader(
             train_set, cfg.batch, dist.rank, dist.world_size, cfg.seed, cfg.workers, start_batch=self.progress.batch_idx
         )
@@ -411,7 +417,7 @@ class Trainer:
         ada_kimg = a.ada_kimg if a.ada_kimg is not None else (ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG)
         return AdaController(
             target=a.target, interval=a.ada_interval, ada_kimg=ada_kimg, p=a.p, p_max=a.p_max,
-            heuristic=a.heuristic, adjust=a.mode == "ada",
+            heuristic=a.heuristic, adjust=a.mode == "ada", start_kimg=a.ada_start_kimg,
         )
 
     def _build_phases(self, g_params: list, d_params: list) -> list[Phase]:
@@ -455,6 +461,36 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
         if self.device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])], self.device)
+
+    def _diversity_probe(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Fixed latents (with labels drawn like training's) and fixed reals for the collapse signal."""
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        n = min(DIVERSITY_SAMPLES, len(self.train_set.names))
+        idx = torch.randperm(len(self.train_set.names), generator=gen)[:n].tolist()
+        reals, labels = self.train_set.batch(idx)
+        z = torch.randn([n, self.G.z_dim], generator=gen)
+        return z, labels if self.G.c_dim > 0 else None, reals.to(torch.float32) / 127.5 - 1
+
+    @torch.no_grad()
+    def measure_diversity(self) -> float | None:
+        """The collapse signal: spread of G_ema's samples over the spread of the reals (see
+        metrics.diversity.diversity_ratio), warned about once when it drops below COLLAPSE_THRESHOLD."""
+        z, c, reals = self.diversity_probe
+        if len(z) < 2:
+            return None
+        fakes = torch.cat([
+            self.G_ema(zb.to(self.device), None if c is None else cb.to(self.device), noise_mode="const").cpu()
+            for zb, cb in zip(z.split(self.batch_gpu), (c if c is not None else z).split(self.batch_gpu), strict=True)
+        ])
+        ratio = diversity_ratio(fakes, reals)
+        if ratio < COLLAPSE_THRESHOLD and self.progress.cur_tick > 0:
+            self.say(
+                f"the samples have collapsed: their diversity is {ratio:.2f} of the real images' (below "
+                f"{COLLAPSE_THRESHOLD}); look at the latest fakes grid. With --aug=ada, a p that rose early can "
+                "cause this; a lower learning rate or a higher --gamma may help",
+                key="collapse",
+            )
+        return ratio
 
     # ----- the loop -----
 
@@ -505,7 +541,8 @@ class Trainer:
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
         update_ema(self.G_ema, self.G, beta)
-        self.controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum)
+        self.controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum,
+                             nimg=self.progress.cur_nimg)
         message = self.controller.leak_warning()
         if message:
             self.say(message)
@@ -542,11 +579,13 @@ class Trainer:
                     "learning rate or --gamma"
                 )
 
-    def say(self, message: str) -> None:
-        """A warning printed once per run, and recorded in the run directory's log."""
-        if message in self.said_once:
+    def say(self, message: str, key: str | None = None) -> None:
+        """A warning printed once per run (per `key`, default the message), and recorded in the run
+        directory's log."""
+        key = message if key is None else key
+        if key in self.said_once:
             return
-        self.said_once.add(message)
+        self.said_once.add(key)
         self.log(f"warning: {message}")
         if self.run_dir is not None and self.dist.rank == 0:
             try:
@@ -707,6 +746,7 @@ class Trainer:
             "p": self.controller.p,
             "r_t": self.controller.tick_r_t(reduce=self.dist.all_reduce_sum),
             **rv,
+            "diversity": self.measure_diversity(),
             "mem_cpu_gb": _cpu_memory_gb(),
             "mem_gpu_gb": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
             "skipped_steps": prog.skipped_steps,
