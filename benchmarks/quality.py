@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=0, help="which N digits are the training set")
     parser.add_argument("--extra", default="", help="train.py flags added to every run")
     parser.add_argument("--samples", type=int, default=2000, help="generated images per score")
+    parser.add_argument("--classifier-epochs", type=int, default=30, help="training epochs of the digit classifier")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"), help="output folder")
     parser.add_argument("--fresh", action="store_true", help="retrain runs whose results exist")
@@ -139,10 +140,10 @@ def write_subset(folder: Path, images: np.ndarray, labels: np.ndarray, indices: 
     tmp.rename(folder)
 
 
-def classifier(out: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, float]:
+def classifier(out: Path, images: np.ndarray, labels: np.ndarray, epochs: int) -> tuple[Path, float]:
     path, info = out / "classifier.pt", out / "classifier.json"
     if not path.is_file():
-        model, accuracy = digit_classifier.train_classifier(images, labels)
+        model, accuracy = digit_classifier.train_classifier(images, labels, epochs=epochs)
         digit_classifier.export(model, str(path))
         info.write_text(json.dumps({"heldout_accuracy": accuracy}))
     return path, json.loads(info.read_text())["heldout_accuracy"]
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, labels = all_digits()
-    clf_path, accuracy = classifier(out, images, labels)
+    clf_path, accuracy = classifier(out, images, labels, args.classifier_epochs)
     print(f"digit classifier: held-out accuracy {accuracy:.4f} ({clf_path})")
     real_features = out / "real_features.npy"
     if not real_features.is_file():

@@ -65,3 +65,20 @@ def test_resume_restores_p_exactly(ada_run):
     assert saved["p"] > 0
     assert trainer.controller.p == saved["p"]
     assert trainer.controller.ada_kimg == 500  # continuing the same data: not the transfer rate
+
+
+def test_collapse_signal_is_logged_and_warns_once(ada_run):
+    stats = read_jsonl(ada_run / "stats.jsonl")
+    assert all(0 < s["diversity"] < 5 for s in stats)
+    cfg, ds = resolve_config("tiny", {"data": "lfw-faces16", "subset": 8})
+    trainer = Trainer(cfg, *split_dataset(cfg, ds), DistContext(), log=lambda m: None)
+    healthy = trainer.measure_diversity()
+    warnings = []
+    trainer.log = warnings.append
+    trainer.progress.cur_tick = 3
+    # G_ema turned into a generator of one image: every sample is the same.
+    for p in trainer.G_ema.synthesis.parameters():
+        p.data.zero_()
+    assert trainer.measure_diversity() < 0.05 < healthy
+    trainer.measure_diversity()
+    assert len(warnings) == 1 and "collapsed" in warnings[0]

