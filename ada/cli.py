@@ -52,6 +52,7 @@ TRAIN_FIELDS = {
     "ada_interval": "aug.ada_interval", "ada_heuristic": "aug.heuristic", "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
     "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
+    "pr_net": "pr_net", "tensorboard": "tensorboard",
 }
 
 
@@ -97,7 +98,11 @@ def cli() -> None:
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")
 @click.option("--features", help="TorchScript feature network for the metrics instead of Inception", metavar="PATH")
+@click.option("--pr-net", help="TorchScript feature network for precision/recall (NVIDIA's vgg16.pt)",
+              metavar="PATH")
 @click.option("--ppl-net", help="TorchScript network for the PPL distance", metavar="PATH")
+@click.option("--tensorboard", type=bool, help="TensorBoard event files in the run directory "
+              "[default: on when tensorboard is installed]", metavar="BOOL")
 @click.option("--wandb-project", help="Log to this wandb project (off when not given)")
 @click.option("--wandb-entity", help="wandb entity (team or user)")
 @click.option("--wandb-group", help="wandb group [default: the dataset name]")

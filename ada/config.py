@@ -102,7 +102,10 @@ class TrainConfig:
     snap: int = 50
     metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
     features: str | None = None
+    pr_net: str | None = None
     ppl_net: str | None = None
+    # TensorBoard event files in the run directory; None: on when the tensorboard package is installed.
+    tensorboard: bool | None = None
     batch: int = 32
     # Images per GPU per pass; the rest of the per-GPU share is gradient accumulation. None: all at once.
     batch_gpu: int | None = None

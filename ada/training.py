@@ -608,7 +608,10 @@ class Trainer:
             else Tracker()
         )
         self.metric_suite = (
-            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say) if cfg.metrics else None
+            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say, pr_net=cfg.pr_net,
+                        xflip=cfg.mirror)
+            if cfg.metrics
+            else None
         )
         exit_code = 1
         total_nimg = int(cfg.kimg * 1000)

@@ -111,10 +111,11 @@ class InceptionFeatures(FeatureNet):
 
 
 class TorchScriptFeatures(FeatureNet):
-    def __init__(self, module: torch.jit.ScriptModule, name: str):
+    def __init__(self, module: torch.jit.ScriptModule, name: str, flag: str = "--features"):
         super().__init__()
         self.module = module
         self.name = name
+        self.flag = flag
         self.eval()
         # NVIDIA's metric networks (inception-2015-12-05.pt, vgg16.pt) give features on request.
         self.kwargs = {"return_features": True} if _forward_takes(module, "return_features") else {}
@@ -124,7 +125,7 @@ class TorchScriptFeatures(FeatureNet):
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise FeatureNetUnavailable(
-                f"--features network {self.name} returned {shape} for {images.shape[0]} images; "
+                f"{self.flag} network {self.name} returned {shape} for {images.shape[0]} images; "
                 "it must map uint8 images [N, 3, H, W] to features [N, D]"
             )
         return out.to(torch.float32)
@@ -253,10 +254,13 @@ def _load_script(path: str | Path, device: str | torch.device, flag: str) -> tor
         raise FeatureNetUnavailable(message) from None
 
 
-def load_torchscript_features(path: str | Path, *, device: str | torch.device = "cpu") -> TorchScriptFeatures:
-    """A user's TorchScript feature network (``--features PATH``). Its program runs: trust the file."""
-    module = _load_script(path, device, "--features")
-    return TorchScriptFeatures(module, name=f"{Path(path).stem}-{sha256_of(path)[:8]}")
+def load_torchscript_features(
+    path: str | Path, *, device: str | torch.device = "cpu", flag: str = "--features"
+) -> TorchScriptFeatures:
+    """A user's TorchScript feature network (``--features PATH``, ``--pr-net PATH``; ``flag`` names the
+    option in messages). Its program runs: trust the file."""
+    module = _load_script(path, device, flag)
+    return TorchScriptFeatures(module, name=f"{Path(path).stem}-{sha256_of(path)[:8]}", flag=flag)
 
 
 def load_feature_net(
