@@ -257,6 +257,10 @@ def validate(cfg: TrainConfig) -> None:
         metrics.parse_metric_names(",".join(cfg.metrics))
     except ValueError as exc:
         raise UserError(f"--metrics: {exc}") from None
+    from ada import tfevents
+
+    _check(cfg.tensorboard is not True or tfevents.available(),
+           "--tensorboard=1 needs the tensorboard package: pip install tensorboard (or drop the option)")
     wandb_modes = (None, "online", "offline", "disabled")
     _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
 

@@ -43,7 +43,8 @@ from ada.loss import StyleGAN2Loss
 from ada.loss_scaler import LossScaler
 from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
-from ada.tracking import Tracker
+from ada.tfevents import TensorBoardTracker
+from ada.tracking import Tracker, Trackers
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -600,10 +601,13 @@ class Trainer:
         cfg = self.cfg
         w = cfg.wandb
         self.tracker = (
-            Tracker.create(
-                run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
-                name=w.name, mode=w.mode, rank=self.dist.rank,
-            )
+            Trackers([
+                Tracker.create(
+                    run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
+                    name=w.name, mode=w.mode, rank=self.dist.rank,
+                ),
+                TensorBoardTracker.create(run_dir, cfg.tensorboard, rank=self.dist.rank),
+            ])
             if run_dir is not None
             else Tracker()
         )
