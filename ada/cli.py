@@ -1,4 +1,4 @@
-"""The `ada` command: `ada train`, `ada generate`, `ada dataset`, and more.
+"""The `ada` command: `ada train`, `ada generate`, `ada dataset`, and the tools around a trained model.
 
 `ada train` takes the options of the official stylegan2-ada-pytorch train.py, with the same
 names and meanings (booleans as `--mirror=1`), plus ours. User mistakes end in one line on
@@ -12,10 +12,14 @@ from typing import Any
 
 import click
 
+from ada.augment_preview import augment_command
 from ada.compare import compare
 from ada.config import check_flag_combinations
 from ada.errors import UserError
 from ada.evaluation import metrics_command
+from ada.projector import project_command
+from ada.style_mixing import style_mixing_command
+from ada.video import video_command
 
 
 def _metrics_list(value: str | None) -> list[str] | None:
@@ -121,15 +125,22 @@ def train_command(preset: str, dry_run: bool, metrics: str | None, **options: An
 
 @cli.command("generate")
 @click.option("--network", required=True, help="Checkpoint, run directory or official network pickle")
-@click.option("--seeds", required=True, help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST")
+@click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST")
+@click.option("--projected-w", help="Render the w of `ada project` (projected_w.npz) instead of seeds",
+              metavar="FILE")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=int, help="Class label for a conditional network")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--outdir", required=True, help="Where to write the images", metavar="DIR")
-def generate_command(**options: Any) -> None:
+def generate_command(projected_w: str | None, **options: Any) -> None:
     """Generate images from a trained network."""
-    from ada.generate import generate
+    from ada.generate import generate, render_projected_w
 
+    if (options["seeds"] is None) == (projected_w is None):
+        raise UserError("give --seeds (e.g. 0-15) or --projected-w FILE, one of the two")
+    if projected_w is not None:
+        render_projected_w(options["network"], projected_w, options["noise_mode"], options["outdir"])
+        return
     generate(**options)
 
 
@@ -147,6 +158,10 @@ def dataset_command(source: str, dest: str, resolution: int, channels: str) -> N
 
 cli.add_command(compare)
 cli.add_command(metrics_command)
+cli.add_command(project_command)
+cli.add_command(style_mixing_command)
+cli.add_command(video_command)
+cli.add_command(augment_command)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

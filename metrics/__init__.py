@@ -58,9 +58,11 @@ from .feature_nets import (
     inception_from_state_dict,
     load_feature_net,
     load_inception,
+    load_lpips_embedding,
     load_ppl_distance,
     load_torchscript_features,
     lpips_style_distance,
+    lpips_style_embedding,
 )
 from .inception import FIDInceptionV3
 from .names import MetricSpec, parse_metric_name, parse_metric_names
@@ -83,9 +85,11 @@ __all__ = [
     "inception_from_state_dict",
     "load_feature_net",
     "load_inception",
+    "load_lpips_embedding",
     "load_ppl_distance",
     "load_torchscript_features",
     "lpips_style_distance",
+    "lpips_style_embedding",
     "parse_metric_name",
     "parse_metric_names",
 ]
