@@ -66,7 +66,7 @@ def mixing_grid(
     return tile(np.stack(cells), len(col_seeds) + 1, len(row_seeds) + 1)
 
 
-def style_mixing(network: str, rows: str, cols: str, styles: str, truncation_psi: float, noise_mode: str,
+def style_mixing(network: str, rows: str, cols: str, styles: str | None, truncation_psi: float, noise_mode: str,
                  out: str) -> Path:
     row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
     path = output_file(out, (".png",))
@@ -74,6 +74,8 @@ def style_mixing(network: str, rows: str, cols: str, styles: str, truncation_psi
     G = load_generator(network, device)
     if G.c_dim > 0:
         raise UserError(f"{network}: the network is conditional; style mixing works with unconditional networks")
+    if styles is None:  # the official default, on a small network as many of those layers as it has
+        styles = f"0-{min(6, G.num_ws - 1)}"
     grid = mixing_grid(G, row_seeds, col_seeds, parse_styles(styles, G.num_ws), truncation_psi, noise_mode)
     save_png(grid, path)
     print(f"Wrote {path}: {len(row_seeds)} rows x {len(col_seeds)} columns, styles {styles} from the columns")
@@ -84,7 +86,8 @@ def style_mixing(network: str, rows: str, cols: str, styles: str, truncation_psi
 @click.option("--network", required=True, help="Checkpoint, run directory or official network pickle")
 @click.option("--rows", required=True, help="Row seeds, e.g. 85,100,75", metavar="LIST")
 @click.option("--cols", required=True, help="Column seeds, e.g. 55,821,1789", metavar="LIST")
-@click.option("--styles", default="0-6", show_default=True, help="Layers taken from the column seeds")
+@click.option("--styles", help="Layers taken from the column seeds [default: 0-6, or as many as the network has]",
+              metavar="LIST")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--out", required=True, help="The figure (.png)", metavar="FILE")

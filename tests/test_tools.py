@@ -202,3 +202,26 @@ def test_augment_command(tmp_path, capsys):
     err = error_line(capsys, ["augment", "--data", str(tmp_path / "data"), "--p", "0.2,1.5",
                               "--out", str(tmp_path / "x.png")])
     assert "'1.5'" in err and "[0, 1]" in err
+
+
+def test_every_tool_takes_an_official_pickle_and_a_run_directory(tmp_path, capsys, official_names):
+    from ada.networks import Discriminator
+    from tests._official_fixture import write_official
+
+    G = tiny_generator(res=16)
+    D = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16)
+    pickle_path = write_official(tmp_path / "network-snapshot-000100.pkl", dict(G=G, D=D, G_ema=G), official_names)
+    run_dir = tmp_path / "00000-run"
+    run_dir.mkdir()
+    save_generator(G, run_dir / "network-snapshot-000004.pt")
+    expected = seed_image(G, 55)
+    for i, network in enumerate((pickle_path, run_dir)):
+        main(["style-mixing", "--network", str(network), "--rows", "85", "--cols", "55", "--out",
+              str(tmp_path / f"mix{i}.png")])
+        assert np.array_equal(png(tmp_path / f"mix{i}.png")[:16, 16:], expected)
+        main(["video", "--network", str(network), "--seeds", "55", "--frames-per-seed", "1",
+              "--out", str(tmp_path / f"v{i}.gif")])
+        assert count_frames(tmp_path / f"v{i}.gif") == 1
+    main(["project", "--network", str(pickle_path), "--target", str(tmp_path / "mix0.png"), "--steps", "2",
+          "--outdir", str(tmp_path / "proj")])
+    assert (tmp_path / "proj" / "projected_w.npz").is_file()
