@@ -49,7 +49,8 @@ TRAIN_FIELDS = {
     "outdir": "outdir", "gpus": "gpus", "snap": "snap", "seed": "seed", "data": "data", "cond": "cond",
     "subset": "subset", "mirror": "mirror", "gamma": "loss.r1_gamma", "kimg": "kimg", "batch": "batch",
     "batch_gpu": "batch_gpu",
-    "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "resume": "resume",
+    "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "aug_extra": "aug.extra",
+    "resume": "resume",
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
     "nobench": "nobench", "compile": "compile", "workers": "workers", "tick": "tick", "val": "val",
     "ada_kimg": "aug.ada_kimg",
@@ -85,6 +86,8 @@ def cli() -> None:
 @click.option("--p", type=float, help="Augmentation probability for --aug=fixed", metavar="FLOAT")
 @click.option("--target", type=float, help="ADA target value of the overfitting heuristic [default: 0.6]")
 @click.option("--augpipe", help="Augmentation pipeline preset [default: bgc]", metavar="NAME")
+@click.option("--aug-extra", help="Kornia augmentations after the pipeline, with probability p: "
+              "perspective[:0.3], erasing[:0.33], blur[:1], sharpness[:0.5]", metavar="LIST")
 @click.option("--resume", help="Checkpoint, run directory, or official network pickle", metavar="PATH")
 @click.option("--freezed", type=click.IntRange(min=0), help="Freeze the first N layers of D [default: 0]")
 @click.option("--fp32", type=bool, help="Disable mixed precision [default: false]", metavar="BOOL")

@@ -77,6 +77,8 @@ class AugConfig:
     ada_kimg: float | None = None
     heuristic: str = "rt"
     p_max: float = 1.0
+    # Kornia augmentations after the pipeline, applied with probability p: 'perspective:0.3,blur'.
+    extra: str | None = None
 
 
 @dataclass
@@ -247,6 +249,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
     _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
+    from augment.extra_stages import parse_extra
+
+    try:
+        parse_extra(aug.extra)
+    except ValueError as exc:
+        raise UserError(f"--aug-extra: {exc}") from None
     _check(
         not (aug.mode == "ada" and aug.heuristic == "rv" and cfg.val == 0),
         "--ada-heuristic=rv needs withheld validation images; give --val > 0",
@@ -276,6 +284,7 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check("p" not in aug or mode == "fixed", "--p can only be given with --aug=fixed")
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
     _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
+    _check("extra" not in aug or mode != "noaug", "--aug-extra cannot be given with --aug=noaug")
     for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
                       ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):
         _check(key not in aug or mode == "ada", f"{flag} can only be given with --aug=ada")

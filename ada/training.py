@@ -402,8 +402,9 @@ class Trainer:
         if self.cfg.aug.mode == "noaug":
             return None
         from augment import AugmentPipe
+        from augment.extra_stages import parse_extra
 
-        pipe = AugmentPipe(preset=self.cfg.aug.pipe).to(self.device)
+        pipe = AugmentPipe(preset=self.cfg.aug.pipe, extra=parse_extra(self.cfg.aug.extra)).to(self.device)
         pipe.p.copy_(torch.as_tensor(self.cfg.aug.p))
         return pipe
 

@@ -225,3 +225,25 @@ def test_every_tool_takes_an_official_pickle_and_a_run_directory(tmp_path, capsy
     main(["project", "--network", str(pickle_path), "--target", str(tmp_path / "mix0.png"), "--steps", "2",
           "--outdir", str(tmp_path / "proj")])
     assert (tmp_path / "proj" / "projected_w.npz").is_file()
+
+
+def test_extra_kornia_stages_from_the_command_line(tmp_path, capsys):
+    import kornia.augmentation as K
+
+    from ada.distributed import DistContext
+    from ada.launch import resolve_config, split_dataset
+    from ada.training import Trainer
+
+    cfg, ds = resolve_config("tiny", {"data": "lfw-faces16", "aug": {"extra": "perspective:0.2,blur"}})
+    trainer = Trainer(cfg, *split_dataset(cfg, ds), DistContext(), log=lambda m: None)
+    stages = list(trainer.augment_pipe.extra)
+    assert [type(s) for s in stages] == [K.RandomPerspective, K.RandomGaussianBlur]
+    err = error_line(capsys, ["train", "--cfg", "tiny", "--data", "lfw-faces16", "--aug-extra", "swirl", "-n"])
+    assert "--aug-extra: unknown extra stage 'swirl'" in err
+    err = error_line(capsys, ["train", "--data", "lfw-faces16", "--aug", "noaug", "--aug-extra", "blur", "-n"])
+    assert "--aug=noaug" in err
+    write_images(tmp_path / "data", 12, 16)
+    main(["augment", "--data", str(tmp_path / "data"), "--p", "0,1", "--aug-extra", "erasing:0.3",
+          "--count", "4", "--out", str(tmp_path / "preview.png")])
+    grid = png(tmp_path / "preview.png")
+    assert grid.shape == (32, 64) and not np.array_equal(grid[:16], grid[16:])
