@@ -7,8 +7,10 @@ Each name takes one optional strength after a colon (its default in brackets):
     blur[:1.0]         RandomGaussianBlur, 5x5, sigma uniform in (0.1, strength)
     sharpness[:0.5]    RandomSharpness(sharpness)
 
-Of these only perspective is a geometric transform that is invertible as a distribution; erasing,
-blur and sharpness leak into G's images at any p (see AugmentPipe's `extra`).
+Each is applied to each image with probability p. Any stage is invertible as a distribution (does
+not leak into G's images) while p < 0.5; above, it depends on the stage, and only ADA's own
+transforms are known to stay safe to p ~ 0.8 (see AugmentPipe's `extra`). Erasing, which never
+leaves an image as it was, is the one to watch.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ matrices with reflection, upsampling and cropping folded in for small images, st
 convolutions for large ones.
 """
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from augment.axis import DENSE_MAX_SIZE, reflect_index
-from augment.matrices import compose
+from augment.matrices import affine_inverse, compose
 from augment.wavelets import SYM6
 
 
@@ -113,15 +114,15 @@ def _source_positions(g_inv: Tensor, height: int, width: int) -> tuple[Tensor, T
 
 def warp_bilinear(images: Tensor, source_from_output: Tensor, size: tuple[int, int]) -> Tensor:
     """Output [N, C, *size]: each output pixel (x, y) reads `images` bilinearly at source_from_output @ (x, y, 1),
-    0 outside. Positions are pixel indices, origin at the top-left pixel centre; source_from_output is [N, 3, 3]."""
-    n, c, height, width = images.shape
-    # affine_grid works in [-1, 1] units of each image's extent (align_corners=False: the outer pixel edges).
-    to_unit = _const([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]], images)
-    from_unit = _const([[size[1] / 2, 0, (size[1] - 1) / 2], [0, size[0] / 2, (size[0] - 1) / 2], [0, 0, 1]],
-                       images)
-    theta = compose(compose(to_unit, source_from_output), from_unit)[:, :2, :]
-    grid = F.affine_grid(theta, [n, c, *size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    0 outside. Positions are pixel indices, origin at the top-left pixel centre; source_from_output is [N, 3, 3].
+
+    kornia's warp_affine, which takes the map the other way round. It gives torch's affine_grid and
+    grid_sample to float32 rounding at the same speed (benchmarks/augment_speed.py --compare-warp);
+    kornia before 0.9 placed the samples differently with align_corners=False, hence kornia>=0.9.
+    """
+    output_from_source = affine_inverse(source_from_output)[:, :2, :]
+    return kornia.geometry.transform.warp_affine(images, output_from_source, size, mode="bilinear",
+                                                 padding_mode="zeros", align_corners=False)
 
 
 def is_blit(g_inv: Tensor, height: int, width: int) -> Tensor:

@@ -124,9 +124,12 @@ class AugmentPipe(torch.nn.Module):
         independently with probability p, like the pipeline's own transforms: its own p and p_batch
         are set to 1, as the pipe decides which images it transforms. Its parameters are drawn by
         kornia, from torch's global generator (`generator` does not reach them). It must keep the
-        image size. Beware of leaks: ADA's transforms are safe below p ~ 0.8 because each is
-        invertible as a distribution (G cannot tell which images were augmented); a stage that is
-        not, such as erasing or blurring, leaks into G's images at any p.
+        image size. Beware of leaks: ADA's own transforms are safe up to p ~ 0.8 because each,
+        applied with probability p, is invertible as a distribution (G gains nothing by making
+        augmented-looking images). Any stage applied with probability p < 0.5 is invertible in
+        that sense; above, it depends on the stage. One that does the same to every image it gets
+        (a flip, here with its own p set to 1) makes flipped and plain images equally likely at
+        p = 0.5 and leaks there; watch the samples when p climbs.
 
     Input: float images [N, C, H, W], nominally in [-1, 1], H and W >= 8. Colour transforms need
     C = 1 or 3; with one channel the image is grey, on which hue and saturation are the identity,

@@ -6,10 +6,10 @@
 With --official, NVIDIA's AugmentPipe from that checkout (not part of this repository) is timed
 with the same settings in the same run, taking turns with ours, and the ratio is printed.
 
-With --kornia-warp, ours is timed a second time with the grid sampling of the geometric warp
-(`augment.geometric.warp_bilinear`: torch's affine_grid and grid_sample) replaced by kornia's
-`warp_affine`, and the ratio and the largest difference between the two warps are printed: the
-measurement behind the choice of which one the pipeline uses. Each
+With --compare-warp, ours is timed a second time with the grid sampling of the geometric warp
+(`augment.geometric.warp_bilinear`: kornia's warp_affine) replaced by torch's affine_grid and
+grid_sample, and the ratio and the largest difference between the two warps are printed: the
+measurement behind the choice of kornia's. Each
 pipeline runs in its own process on the same images, so the peak memory printed is its own.
 Other processes share the machine, so compare ratios, not absolute figures from different runs.
 The last line is always `img/s: X` for our pipeline (median over the repeats).
@@ -41,13 +41,17 @@ def build_pipe(preset: str, p: float, official: Path | None) -> torch.nn.Module:
     return pipe
 
 
-def kornia_warp_bilinear(images: torch.Tensor, source_from_output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`augment.geometric.warp_bilinear` through kornia, which takes the output-from-source map."""
-    import kornia
-
-    output_from_source = torch.linalg.inv(source_from_output)[:, :2]
-    return kornia.geometry.transform.warp_affine(images, output_from_source, size, mode="bilinear",
-                                                 padding_mode="zeros", align_corners=False)
+def torch_warp_bilinear(images: torch.Tensor, source_from_output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`augment.geometric.warp_bilinear` with torch's affine_grid and grid_sample instead of kornia's warp_affine."""
+    n, c, height, width = images.shape
+    # affine_grid works in [-1, 1] units of each image's extent (align_corners=False: the outer pixel edges).
+    to_unit = torch.tensor([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]],
+                           dtype=images.dtype, device=images.device)
+    from_unit = torch.tensor([[size[1] / 2, 0, (size[1] - 1) / 2], [0, size[0] / 2, (size[0] - 1) / 2], [0, 0, 1]],
+                             dtype=images.dtype, device=images.device)
+    theta = (to_unit @ source_from_output @ from_unit)[:, :2, :]
+    grid = torch.nn.functional.affine_grid(theta, [n, c, *size], align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def warp_difference(shape: tuple[int, ...], device: str) -> float:
@@ -60,16 +64,16 @@ def warp_difference(shape: tuple[int, ...], device: str) -> float:
     maps[:, :2, 2] = torch.randn(n, 2, generator=gen) * 3
     maps = maps.to(device)
     ours = geometric.warp_bilinear(images, maps, (height, width))
-    return float((ours - kornia_warp_bilinear(images, maps, (height, width))).abs().max())
+    return float((ours - torch_warp_bilinear(images, maps, (height, width))).abs().max())
 
 
 class PipeRunner:
     """One step: a forward and backward pass of a pipeline over a fixed batch of random images."""
 
     def __init__(self, preset: str, p: float, official: Path | None, shape: tuple[int, ...], device: str,
-                 kornia_warp: bool = False):
-        if kornia_warp:  # this side runs in its own process: the substitution stays there
-            geometric.warp_bilinear = kornia_warp_bilinear
+                 torch_warp: bool = False):
+        if torch_warp:  # this side runs in its own process: the substitution stays there
+            geometric.warp_bilinear = torch_warp_bilinear
         # The worker seeds torch before building, so both sides see the same images and weights.
         self.images = (torch.rand(shape, device=device) * 2 - 1).requires_grad_()
         self.weights = torch.randn_like(self.images)
@@ -94,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--official", type=Path, default=None,
                         help="checkout of NVlabs/stylegan2-ada-pytorch to time alongside")
-    parser.add_argument("--kornia-warp", action="store_true",
-                        help="also time ours with kornia's warp_affine doing the geometric warp's grid sampling")
+    parser.add_argument("--compare-warp", action="store_true",
+                        help="also time ours with torch's affine_grid and grid_sample in place of kornia's warp_affine")
     args = parser.parse_args(argv)
     if not 0 <= args.p <= 1:
         parser.error(f"--p={args.p} must lie in [0, 1]")
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     factories = {"ours": partial(PipeRunner, args.preset, args.p, None, shape, args.device)}
     if args.official is not None:
         factories["official"] = partial(PipeRunner, args.preset, args.p, args.official, shape, args.device)
-    if args.kornia_warp:
-        factories["kornia-warp"] = partial(PipeRunner, args.preset, args.p, None, shape, args.device, True)
+    if args.compare_warp:
+        factories["torch-warp"] = partial(PipeRunner, args.preset, args.p, None, shape, args.device, True)
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     print(f"preset {args.preset}, p {args.p}, batch {args.batch}x{args.channels}x{args.res}x{args.res}, "
           f"device {args.device}, threads {threads}, {args.iters} passes x {args.repeats} repeats, "
@@ -139,12 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"official img/s: {median['official']:.1f}")
         print(f"ratio ours/official: {median['ours'] / median['official']:.2f} "
               f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
-    if "kornia-warp" in median:
-        ratios = [ours / other for ours, other in zip(rates["ours"], rates["kornia-warp"], strict=True)]
-        print(f"kornia-warp img/s: {median['kornia-warp']:.1f}")
-        print(f"ratio ours/kornia-warp: {median['ours'] / median['kornia-warp']:.3f} "
-              f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); CPU-time ratio kornia-warp/ours: "
-              f"{sum(cpu['kornia-warp']) / sum(cpu['ours']):.3f}")
+    if "torch-warp" in median:
+        ratios = [ours / other for ours, other in zip(rates["ours"], rates["torch-warp"], strict=True)]
+        print(f"torch-warp img/s: {median['torch-warp']:.1f}")
+        print(f"ratio ours/torch-warp: {median['ours'] / median['torch-warp']:.3f} "
+              f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); CPU-time ratio ours/torch-warp: "
+              f"{sum(cpu['ours']) / sum(cpu['torch-warp']):.3f}")
         print(f"largest difference between the warps: {warp_difference(shape, args.device):.2e}")
     print(f"img/s: {median['ours']:.1f}")
 
