@@ -70,3 +70,13 @@ def test_console_line_names_each_metrics_network():
                             feature_net="vgg16-0123abcd")]
     assert format_results(results) == ("fid50k_full 12.25 [inception-2015-12-05]  "
                                        "pr50k3_full_precision 0.5 pr50k3_full_recall 0.25 [vgg16-0123abcd]")
+
+
+def test_mirror_adds_the_flips_to_the_legacy_metrics_only(capsys, setup):
+    def results(*extra):
+        lines = run_metrics(capsys, setup, "--metrics", "fid48,fid48_full", *extra)
+        return {line["metric"]: line["results"][line["metric"]] for line in lines}
+
+    plain, mirrored = results(), results("--mirror", "1")
+    assert mirrored["fid48_full"] == plain["fid48_full"]  # the primary metric drops the training x-flips
+    assert mirrored["fid48"] != plain["fid48"]  # the legacy one compares against 24 images and 24 mirrors

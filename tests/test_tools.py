@@ -247,3 +247,26 @@ def test_extra_kornia_stages_from_the_command_line(tmp_path, capsys):
           "--count", "4", "--out", str(tmp_path / "preview.png")])
     grid = png(tmp_path / "preview.png")
     assert grid.shape == (32, 64) and not np.array_equal(grid[:16], grid[16:])
+
+
+def test_projection_with_a_torchscript_distance_network(tmp_path):
+    import metrics
+
+    class Maps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = torch.relu(self.conv(x / 255))
+            return y, torch.nn.functional.avg_pool2d(y, 2)
+
+    torch.manual_seed(0)
+    torch.jit.script(Maps()).save(str(tmp_path / "maps.pt"))
+    embed = metrics.load_lpips_embedding(tmp_path / "maps.pt")
+    distance = metrics.lpips_style_distance(torch.jit.load(str(tmp_path / "maps.pt")))
+    a, b = torch.rand(2, 3, 16, 16) * 255, torch.rand(2, 3, 16, 16) * 255
+    torch.testing.assert_close((embed(a) - embed(b)).square().sum(1), distance(a, b))
+    G = tiny_generator(res=16)
+    result = project(G, seed_image(G, 4).transpose(2, 0, 1), embed, Schedule(steps=60, w_avg_samples=500))
+    assert result.losses[-1] < 0.5 * result.losses[0]  # the gradient flows through the network
