@@ -21,7 +21,7 @@ BENCHMARKS = REPO / "benchmarks"
 # A checkout of NVlabs/stylegan2-ada-pytorch, outside the repository; its test is skipped without one.
 OFFICIAL = os.environ.get("ADA_OFFICIAL_CHECKOUT")
 
-MEMORY_LINE = re.compile(r"^(\w+) peak memory: RSS (\d+) MiB \((-?\d+) MiB above setup\)")
+MEMORY_LINE = re.compile(r"^([\w-]+) peak memory: RSS (\d+) MiB \((-?\d+) MiB above setup\)")
 
 
 @pytest.fixture
