@@ -1,4 +1,4 @@
-"""The `ada` command: `ada train`, `ada generate`, `ada dataset`, and more.
+"""The `ada` command: `ada train`, `ada generate`, `ada dataset`, and the tools around a trained model.
 
 `ada train` takes the options of the official stylegan2-ada-pytorch train.py, with the same
 names and meanings (booleans as `--mirror=1`), plus ours. User mistakes end in one line on
@@ -12,10 +12,14 @@ from typing import Any
 
 import click
 
+from ada.augment_preview import augment_command
 from ada.compare import compare
 from ada.config import check_flag_combinations
 from ada.errors import UserError
 from ada.evaluation import metrics_command
+from ada.projector import project_command
+from ada.style_mixing import style_mixing_command
+from ada.video import video_command
 
 
 def _metrics_list(value: str | None) -> list[str] | None:
@@ -45,7 +49,8 @@ TRAIN_FIELDS = {
     "outdir": "outdir", "gpus": "gpus", "snap": "snap", "seed": "seed", "data": "data", "cond": "cond",
     "subset": "subset", "mirror": "mirror", "gamma": "loss.r1_gamma", "kimg": "kimg", "batch": "batch",
     "batch_gpu": "batch_gpu",
-    "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "resume": "resume",
+    "aug": "aug.mode", "p": "aug.p", "target": "aug.target", "augpipe": "aug.pipe", "aug_extra": "aug.extra",
+    "resume": "resume",
     "freezed": "freezed", "fp32": "fp32", "bf16": "bf16", "nhwc": "nhwc", "allow_tf32": "allow_tf32",
     "nobench": "nobench", "compile": "compile", "workers": "workers", "tick": "tick", "val": "val",
     "ada_kimg": "aug.ada_kimg",
@@ -53,6 +58,7 @@ TRAIN_FIELDS = {
     "p_max": "aug.p_max",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
     "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
+    "pr_net": "pr_net", "tensorboard": "tensorboard",
 }
 
 
@@ -81,6 +87,8 @@ def cli() -> None:
 @click.option("--p", type=float, help="Augmentation probability for --aug=fixed", metavar="FLOAT")
 @click.option("--target", type=float, help="ADA target value of the overfitting heuristic [default: 0.6]")
 @click.option("--augpipe", help="Augmentation pipeline preset [default: bgc]", metavar="NAME")
+@click.option("--aug-extra", help="Kornia augmentations after the pipeline, with probability p: "
+              "perspective[:0.3], erasing[:0.33], blur[:1], sharpness[:0.5]", metavar="LIST")
 @click.option("--resume", help="Checkpoint, run directory, or official network pickle", metavar="PATH")
 @click.option("--freezed", type=click.IntRange(min=0), help="Freeze the first N layers of D [default: 0]")
 @click.option("--fp32", type=bool, help="Disable mixed precision [default: false]", metavar="BOOL")
@@ -99,7 +107,11 @@ def cli() -> None:
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")
 @click.option("--features", help="TorchScript feature network for the metrics instead of Inception", metavar="PATH")
+@click.option("--pr-net", help="TorchScript feature network for precision/recall (NVIDIA's vgg16.pt)",
+              metavar="PATH")
 @click.option("--ppl-net", help="TorchScript network for the PPL distance", metavar="PATH")
+@click.option("--tensorboard", type=bool, help="TensorBoard event files in the run directory "
+              "[default: on when tensorboard is installed]", metavar="BOOL")
 @click.option("--wandb-project", help="Log to this wandb project (off when not given)")
 @click.option("--wandb-entity", help="wandb entity (team or user)")
 @click.option("--wandb-group", help="wandb group [default: the dataset name]")
@@ -118,15 +130,22 @@ def train_command(preset: str, dry_run: bool, metrics: str | None, **options: An
 
 @cli.command("generate")
 @click.option("--network", required=True, help="Checkpoint, run directory or official network pickle")
-@click.option("--seeds", required=True, help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST")
+@click.option("--seeds", help="Seeds, e.g. 0-15 or 1,5,9", metavar="LIST")
+@click.option("--projected-w", help="Render the w of `ada project` (projected_w.npz) instead of seeds",
+              metavar="FILE")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=int, help="Class label for a conditional network")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--outdir", required=True, help="Where to write the images", metavar="DIR")
-def generate_command(**options: Any) -> None:
+def generate_command(projected_w: str | None, **options: Any) -> None:
     """Generate images from a trained network."""
-    from ada.generate import generate
+    from ada.generate import generate, render_projected_w
 
+    if (options["seeds"] is None) == (projected_w is None):
+        raise UserError("give --seeds (e.g. 0-15) or --projected-w FILE, one of the two")
+    if projected_w is not None:
+        render_projected_w(options["network"], projected_w, options["noise_mode"], options["outdir"])
+        return
     generate(**options)
 
 
@@ -144,6 +163,10 @@ def dataset_command(source: str, dest: str, resolution: int, channels: str) -> N
 
 cli.add_command(compare)
 cli.add_command(metrics_command)
+cli.add_command(project_command)
+cli.add_command(style_mixing_command)
+cli.add_command(video_command)
+cli.add_command(augment_command)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

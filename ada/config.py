@@ -79,6 +79,8 @@ class AugConfig:
     p_max: float = 1.0
     # Thousands of images before p may move: D wins early whatever it memorises.
     ada_start_kimg: float = 0.0
+    # Kornia augmentations after the pipeline, applied with probability p: 'perspective:0.3,blur'.
+    extra: str | None = None
 
 
 @dataclass
@@ -104,7 +106,10 @@ class TrainConfig:
     snap: int = 50
     metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
     features: str | None = None
+    pr_net: str | None = None
     ppl_net: str | None = None
+    # TensorBoard event files in the run directory; None: on when the tensorboard package is installed.
+    tensorboard: bool | None = None
     batch: int = 32
     # Images per GPU per pass; the rest of the per-GPU share is gradient accumulation. None: all at once.
     batch_gpu: int | None = None
@@ -247,6 +252,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
     _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
+    from augment.extra_stages import parse_extra
+
+    try:
+        parse_extra(aug.extra)
+    except ValueError as exc:
+        raise UserError(f"--aug-extra: {exc}") from None
     _check(
         not (aug.mode == "ada" and aug.heuristic == "rv" and cfg.val == 0),
         "--ada-heuristic=rv needs withheld validation images; give --val > 0",
@@ -257,6 +268,10 @@ def validate(cfg: TrainConfig) -> None:
         metrics.parse_metric_names(",".join(cfg.metrics))
     except ValueError as exc:
         raise UserError(f"--metrics: {exc}") from None
+    from ada import tfevents
+
+    _check(cfg.tensorboard is not True or tfevents.available(),
+           "--tensorboard=1 needs the tensorboard package: pip install tensorboard (or drop the option)")
     wandb_modes = (None, "online", "offline", "disabled")
     _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
 
@@ -272,6 +287,7 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check("p" not in aug or mode == "fixed", "--p can only be given with --aug=fixed")
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
     _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
+    _check("extra" not in aug or mode != "noaug", "--aug-extra cannot be given with --aug=noaug")
     for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
                       ("ada_start_kimg", "--ada-start-kimg"),
                       ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):

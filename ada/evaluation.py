@@ -24,13 +24,19 @@ from ada.files import append_jsonl
 
 
 class MetricReals:
-    """Our dataset as the `metrics` package reads it: index -> (uint8 image, label), with a cache key."""
+    """Our dataset as the `metrics` package reads it: index -> (uint8 image, label), with a cache key.
+
+    Always the images without their mirror images: the metrics add those where the official ones
+    do (`metrics.evaluate(xflip=...)`).
+    """
 
     def __init__(self, dataset: ImageDataset, source: str):
+        if dataset.mirror:
+            dataset = dataset.subset(list(range(len(dataset.names))))
+            dataset.mirror = False
         self.dataset = dataset
         digest = hashlib.sha256(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:8]
-        mirror = "-mirror" if dataset.mirror else ""
-        self.name = f"{dataset.name}-{digest}-{dataset.resolution}px-{len(dataset.names)}{mirror}"
+        self.name = f"{dataset.name}-{digest}-{dataset.resolution}px-{len(dataset.names)}"
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -52,19 +58,30 @@ class MetricSuite:
         ppl_net: str | None,
         device: torch.device,
         say: Callable[[str], None],
+        pr_net: str | None = None,
+        xflip: bool = False,
     ):
         try:
             specs = metrics.parse_metric_names(",".join(names))
         except ValueError as exc:
             raise UserError(f"--metrics: {exc}") from None
         self.device = device
-        self.feature_net = self.ppl_distance = None
-        if any(s.uses_features for s in specs):
+        self.xflip = xflip
+        self.feature_net = self.pr_feature_net = self.ppl_distance = None
+        if pr_net is not None and any(s.kind == "pr" for s in specs):
+            # A file the user named explicitly: a bad one is an error, not a metric quietly switched off.
+            try:
+                self.pr_feature_net = metrics.load_torchscript_features(pr_net, device=device, flag="--pr-net")
+            except metrics.FeatureNetUnavailable as exc:
+                raise UserError(str(exc)) from None
+        # PR falls back on the main feature network (Inception) without --pr-net; results name the network.
+        on_main_net = [s for s in specs if s.uses_features and not (s.kind == "pr" and self.pr_feature_net)]
+        if on_main_net:
             try:
                 self.feature_net = metrics.load_feature_net(features, device=device)
             except metrics.FeatureNetUnavailable as exc:
-                say(f"{', '.join(s.name for s in specs if s.uses_features)} off: {exc}")
-                specs = [s for s in specs if not s.uses_features]
+                say(f"{', '.join(s.name for s in on_main_net)} off: {exc}")
+                specs = [s for s in specs if s not in on_main_net]
         if any(s.kind == "ppl" for s in specs):
             try:
                 self.ppl_distance = metrics.load_ppl_distance(ppl_net, device=device)
@@ -79,9 +96,9 @@ class MetricSuite:
             return []
         try:
             return metrics.evaluate(
-                self.specs, G, reals, feature_net=self.feature_net, ppl_distance=self.ppl_distance,
-                device=self.device, cache_dir=metrics.default_cache_dir(), progress=progress and rank == 0,
-                rank=rank, world_size=world_size,
+                self.specs, G, reals, feature_net=self.feature_net, pr_feature_net=self.pr_feature_net,
+                ppl_distance=self.ppl_distance, device=self.device, cache_dir=metrics.default_cache_dir(),
+                progress=progress and rank == 0, rank=rank, world_size=world_size, xflip=self.xflip,
             )
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -100,29 +117,38 @@ def write_results(
 
 
 def format_results(results: list[metrics.MetricResult]) -> str:
-    return "  ".join(f"{k} {v:.4g}" for r in results for k, v in r.results.items())
+    """'fid50k_full 12.3 [inception-2015-12-05]  ...': each metric names the network its features came from."""
+    parts = []
+    for r in results:
+        values = " ".join(f"{k} {v:.4g}" for k, v in r.results.items())
+        parts.append(f"{values} [{r.feature_net}]" if r.feature_net else values)
+    return "  ".join(parts)
 
 
 @click.command("metrics")
 @click.option("--network", required=True, help="Checkpoint, run directory or official network pickle")
 @click.option("--data", required=True, help="The real images: folder, zip or built-in name", metavar="PATH")
 @click.option("--metrics", "names", default="fid50k_full", show_default=True, help="Comma-separated metrics")
-@click.option("--mirror", type=bool, default=False, help="Include x-flipped reals, as training with --mirror did")
+@click.option("--mirror", type=bool, default=False,
+              help="The network was trained with x-flips (--mirror=1): the legacy metrics keep them, as official")
 @click.option("--features", help="TorchScript feature network to use instead of Inception", metavar="PATH")
+@click.option("--pr-net", help="TorchScript feature network for precision/recall (NVIDIA's vgg16.pt)",
+              metavar="PATH")
 @click.option("--ppl-net", help="TorchScript network for the PPL distance (or $ADA_PPL_NET)", metavar="PATH")
 def metrics_command(network: str, data: str, names: str, mirror: bool, features: str | None,
-                    ppl_net: str | None) -> None:
+                    pr_net: str | None, ppl_net: str | None) -> None:
     """Compute metrics for a trained network against a dataset."""
     from ada.checkpoint import load_generator, resolve_checkpoint_path
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)
-    dataset = open_dataset(data, cond=G.c_dim > 0, mirror=mirror)
+    dataset = open_dataset(data, cond=G.c_dim > 0)
 
     def refuse(message: str) -> None:
         raise UserError(message)
 
-    suite = MetricSuite([n for n in names.split(",") if n.strip()], features, ppl_net, device, refuse)
+    suite = MetricSuite([n for n in names.split(",") if n.strip()], features, ppl_net, device, refuse,
+                        pr_net=pr_net, xflip=mirror)
     results = suite.evaluate(G, MetricReals(dataset, data))
     path = resolve_checkpoint_path(network)
     if path.parent.joinpath("stats.jsonl").exists():

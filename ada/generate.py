@@ -79,3 +79,36 @@ def generate(
     save_grid(batch, out / "grid.png", gw, int(np.ceil(len(seed_list) / gw)))
     print(f"Wrote {len(paths)} images and grid.png to {out}")
     return paths
+
+
+def load_projected_w(path: str | Path, num_ws: int, w_dim: int) -> torch.Tensor:
+    """The `w` array [N, num_ws, w_dim] of a projected_w.npz, checked against the network."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ws = data["w"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--projected-w={path}: not a projected_w.npz with an array 'w' ({exc})") from None
+    if ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim):
+        raise UserError(f"--projected-w={path}: w has shape {tuple(ws.shape)}, but the network takes "
+                        f"[N, {num_ws}, {w_dim}]; project with this network")
+    return torch.from_numpy(ws.astype(np.float32))
+
+
+@torch.no_grad()
+def render_projected_w(network: str, projected_w: str, noise_mode: str, outdir: str) -> list[Path]:
+    """`ada generate --projected-w`: one PNG per w of an `ada project` result, proj00.png, proj01.png, ..."""
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    G = load_generator(network, device)
+    ws = load_projected_w(projected_w, G.num_ws, G.w_dim).to(device)
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--outdir={outdir}: cannot create it ({exc.strerror})") from None
+    paths = []
+    for idx, w in enumerate(ws):
+        path = out / f"proj{idx:02d}.png"
+        save_png(to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0], path)
+        paths.append(path)
+    print(f"Wrote {len(paths)} images to {out}")
+    return paths

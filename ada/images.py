@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ada.errors import UserError
 from ada.files import atomic_write
 
 
@@ -46,3 +47,15 @@ def save_grid(images: torch.Tensor | np.ndarray, path: Path, gw: int, gh: int) -
     else:
         array = np.asarray(images).transpose(0, 2, 3, 1)
     save_png(tile(array, gw, gh), path)
+
+
+def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out") -> Path:
+    """The file a tool writes, checked before any work: a known suffix, and its folder made."""
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{option}={out}: write it as {' or '.join(suffixes)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option}={out}: cannot create its folder ({exc.strerror})") from None
+    return path

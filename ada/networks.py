@@ -329,16 +329,19 @@ class SynthesisNetwork(nn.Module):
         self.reduced_dtype: torch.dtype | None = torch.float16
         self.memory_format = torch.contiguous_format
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: bool = False) -> torch.Tensor:
+        """`force_fp32` computes every block in float32, as the official argument of that name does
+        (PPL needs it: float16 rounding swamps its 1e-4 steps)."""
         x = img = None
         w_idx = 0
+        reduced_dtype = None if force_fp32 else self.reduced_dtype
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
             # A block's toRGB shares its w with the next block's first conv.
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb).to(torch.float32)
             w_idx += block.num_conv
             x, img = block(
-                x, img, block_ws, noise_mode=noise_mode, reduced_dtype=self.reduced_dtype,
+                x, img, block_ws, noise_mode=noise_mode, reduced_dtype=reduced_dtype,
                 memory_format=self.memory_format,
             )
         return img

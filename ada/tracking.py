@@ -1,5 +1,8 @@
 """Experiment tracking in Weights & Biases, for comparing runs side by side.
 
+(TensorBoard event files are the other tracker, in `ada.tfevents`; `Trackers` sends each
+call to both.)
+
 The training loop calls, on every rank (ranks other than 0 get a no-op tracker)::
 
     tracker = Tracker.create(project=..., entity=..., group=..., name=..., mode=...,
@@ -64,11 +67,11 @@ class TrackingWarning(UserWarning):
     """Experiment tracking failed or is misconfigured; training goes on without it."""
 
 
-def _warn(message: str) -> None:
+def warn_tracking(message: str) -> None:
     warnings.warn(message, TrackingWarning, stacklevel=3)
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
     # wandb's messages span several lines; a warning should stay one line in the training log.
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
@@ -233,7 +236,7 @@ class Tracker:
         raw_mode = mode or env.get("WANDB_MODE") or "online"
         mode = _MODE_ALIASES.get(raw_mode.lower(), raw_mode.lower())
         if mode not in MODES:
-            _warn(
+            warn_tracking(
                 f"wandb mode {raw_mode!r} is not one of {', '.join(MODES)}; "
                 "wandb logging is off for this run, training goes on"
             )
@@ -246,7 +249,7 @@ class Tracker:
 
             # Logging in first bounds the wait for an answer at wandb's interactive key prompt.
             if mode == "online" and not wandb.login(timeout=LOGIN_TIMEOUT_S, verify=False):
-                _warn(
+                warn_tracking(
                     "wandb login did not complete (no API key: set WANDB_API_KEY, run `wandb login` "
                     "or use mode offline); "
                     "wandb logging is off for this run, training goes on"
@@ -264,8 +267,8 @@ class Tracker:
                 settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S),
             )
         except Exception as exc:
-            _warn(
-                f"wandb could not start a run ({_describe(exc)}); "
+            warn_tracking(
+                f"wandb could not start a run ({describe_error(exc)}); "
                 "wandb logging is off for this run, training goes on"
             )
             return Tracker()
@@ -297,6 +300,33 @@ class Tracker:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
+class Trackers(Tracker):
+    """Several trackers as one (wandb and TensorBoard): each call goes to each of them."""
+
+    def __init__(self, trackers: Iterable[Tracker]) -> None:
+        self.trackers = list(trackers)
+
+    @property
+    def enabled(self) -> bool:  # type: ignore[override]
+        return any(t.enabled for t in self.trackers)
+
+    def log_tick(self, stats: Mapping[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_tick(stats)
+
+    def log_metric(self, kimg: float, results: Mapping[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_metric(kimg, results)
+
+    def log_image(self, kimg: float, key: str, path: Path) -> None:
+        for tracker in self.trackers:
+            tracker.log_image(kimg, key, path)
+
+    def finish(self, exit_code: int = 0) -> None:
+        for tracker in self.trackers:
+            tracker.finish(exit_code)
+
+
 class WandbTracker(Tracker):
     """A tracker writing to one wandb run. Made by ``Tracker.create``; not meant to be built directly."""
 
@@ -318,8 +348,8 @@ class WandbTracker(Tracker):
             call(run)
         except Exception as exc:
             self._run = None
-            _warn(
-                f"wandb {what} failed ({_describe(exc)}); "
+            warn_tracking(
+                f"wandb {what} failed ({describe_error(exc)}); "
                 "wandb logging is off for the rest of this run, training goes on"
             )
 

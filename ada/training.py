@@ -45,6 +45,8 @@ from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
 from ada.tracking import Tracker
 from metrics.diversity import diversity_ratio
+from ada.tfevents import TensorBoardTracker
+from ada.tracking import Tracker, Trackers
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
@@ -407,8 +409,9 @@ class Trainer:
         if self.cfg.aug.mode == "noaug":
             return None
         from augment import AugmentPipe
+        from augment.extra_stages import parse_extra
 
-        pipe = AugmentPipe(preset=self.cfg.aug.pipe).to(self.device)
+        pipe = AugmentPipe(preset=self.cfg.aug.pipe, extra=parse_extra(self.cfg.aug.extra)).to(self.device)
         pipe.p.copy_(torch.as_tensor(self.cfg.aug.p))
         return pipe
 
@@ -639,15 +642,21 @@ class Trainer:
         cfg = self.cfg
         w = cfg.wandb
         self.tracker = (
-            Tracker.create(
-                run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
-                name=w.name, mode=w.mode, rank=self.dist.rank,
-            )
+            Trackers([
+                Tracker.create(
+                    run_dir=run_dir, config=cfg.to_dict(), project=w.project, entity=w.entity, group=w.group,
+                    name=w.name, mode=w.mode, rank=self.dist.rank,
+                ),
+                TensorBoardTracker.create(run_dir, cfg.tensorboard, rank=self.dist.rank),
+            ])
             if run_dir is not None
             else Tracker()
         )
         self.metric_suite = (
-            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say) if cfg.metrics else None
+            MetricSuite(cfg.metrics, cfg.features, cfg.ppl_net, self.device, self.say, pr_net=cfg.pr_net,
+                        xflip=cfg.mirror)
+            if cfg.metrics
+            else None
         )
         exit_code = 1
         total_nimg = int(cfg.kimg * 1000)

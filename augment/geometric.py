@@ -14,12 +14,13 @@ matrices with reflection, upsampling and cropping folded in for small images, st
 convolutions for large ones.
 """
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from augment.axis import DENSE_MAX_SIZE, reflect_index
-from augment.matrices import compose
+from augment.matrices import affine_inverse, compose
 from augment.wavelets import SYM6
 
 
@@ -111,6 +112,19 @@ def _source_positions(g_inv: Tensor, height: int, width: int) -> tuple[Tensor, T
     return sx, sy
 
 
+def warp_bilinear(images: Tensor, source_from_output: Tensor, size: tuple[int, int]) -> Tensor:
+    """Output [N, C, *size]: each output pixel (x, y) reads `images` bilinearly at source_from_output @ (x, y, 1),
+    0 outside. Positions are pixel indices, origin at the top-left pixel centre; source_from_output is [N, 3, 3].
+
+    kornia's warp_affine, which takes the map the other way round. It gives torch's affine_grid and
+    grid_sample to float32 rounding at the same speed (benchmarks/augment_speed.py --compare-warp);
+    kornia before 0.9 placed the samples differently with align_corners=False, hence kornia>=0.9.
+    """
+    output_from_source = affine_inverse(source_from_output)[:, :2, :]
+    return kornia.geometry.transform.warp_affine(images, output_from_source, size, mode="bilinear",
+                                                 padding_mode="zeros", align_corners=False)
+
+
 def is_blit(g_inv: Tensor, height: int, width: int) -> Tensor:
     """Which maps move whole pixels (flips, quarter turns, integer shifts), bool [N].
 
@@ -168,12 +182,10 @@ def resample(images: Tensor, g_inv: Tensor, dense: bool | None = None) -> Tensor
     g_fine = compose(compose(compose(to_fine, shift), g_inv), from_fine)
 
     grid_h, grid_w = 2 * (height + 2 * q), 2 * (width + 2 * q)
-    # affine_grid works in [-1, 1] units of each image's extent.
-    to_unit = _const([[2 / up.shape[3], 0, 0], [0, 2 / up.shape[2], 0], [0, 0, 1]], images)
-    from_unit = _const([[grid_w / 2, 0, 0], [0, grid_h / 2, 0], [0, 0, 1]], images)
-    theta = compose(compose(to_unit, g_fine), from_unit)[:, :2, :]
-    grid = F.affine_grid(theta, [n, c, grid_h, grid_w], align_corners=False)
-    warped = F.grid_sample(up, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # The same map between pixel indices (origin at the top-left pixel centre).
+    up_from_centred = _const([[1, 0, (up.shape[3] - 1) / 2], [0, 1, (up.shape[2] - 1) / 2], [0, 0, 1]], images)
+    centred_from_grid = _const([[1, 0, -(grid_w - 1) / 2], [0, 1, -(grid_h - 1) / 2], [0, 0, 1]], images)
+    warped = warp_bilinear(up, compose(compose(up_from_centred, g_fine), centred_from_grid), (grid_h, grid_w))
 
     if dense:
         return downsample_matrix(height, h) @ warped @ downsample_matrix(width, h).T

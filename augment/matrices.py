@@ -20,6 +20,17 @@ def compose(a: Tensor, b: Tensor) -> Tensor:
     return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
 
 
+def affine_inverse(m: Tensor) -> Tensor:
+    """Inverse of affine maps [N, 3, 3] (last row 0, 0, 1), in closed form: no solver, no device sync."""
+    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    det = a * d - b * c
+    inv = torch.zeros_like(m)
+    inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = d / det, -b / det, -c / det, a / det
+    inv[:, :2, 2] = -(inv[:, :2, :2] * m[:, None, :2, 2]).sum(dim=-1)
+    inv[:, 2, 2] = 1
+    return inv
+
+
 def _identity(n: int, size: int, like: Tensor) -> Tensor:
     return torch.eye(size, dtype=like.dtype, device=like.device).repeat(n, 1, 1)
 

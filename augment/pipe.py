@@ -1,9 +1,11 @@
 """AugmentPipe: ADA's differentiable augmentation pipeline as a torch module."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import kornia.augmentation
 import torch
 from torch import Tensor
 
@@ -60,6 +62,8 @@ class AugmentParams:
     band_gains: [N, 4] gains of the image filter's bands, lowest first.
     noise_std: [N] std of each image's additive noise (0: none); noise: [N, C, H, W] unit normal noise.
     cutout_centres: [N, 2] (x, y) in units of the image size; cutout: bool [N], which images get one.
+    extra: per extra kornia stage, which images it transforms (bool [N]) and its kornia parameters
+        drawn for those images.
     """
 
     draws: dict[str, Tensor] = field(default_factory=dict)
@@ -70,6 +74,7 @@ class AugmentParams:
     noise: Tensor | None = None
     cutout_centres: Tensor | None = None
     cutout: Tensor | None = None
+    extra: list[tuple[Tensor, dict[str, Tensor]]] = field(default_factory=list)
 
 
 def _changed(m: Tensor) -> Tensor:
@@ -114,6 +119,18 @@ class AugmentPipe(torch.nn.Module):
         additive offset std; imgfilter_bands, per-band strength multipliers; noise_std, std of
         the half-normal noise strength; cutout_size, side of the cut square relative to the image.
 
+    extra: kornia augmentations (`kornia.augmentation.AugmentationBase2D`, e.g. RandomPerspective(0.3))
+        that follow the pipeline as extra stages, in order. Each is applied to each image
+        independently with probability p, like the pipeline's own transforms: its own p and p_batch
+        are set to 1, as the pipe decides which images it transforms. Its parameters are drawn by
+        kornia, from torch's global generator (`generator` does not reach them). It must keep the
+        image size. Beware of leaks: ADA's own transforms are safe up to p ~ 0.8 because each,
+        applied with probability p, is invertible as a distribution (G gains nothing by making
+        augmented-looking images). Any stage applied with probability p < 0.5 is invertible in
+        that sense; above, it depends on the stage. One that does the same to every image it gets
+        (a flip, here with its own p set to 1) makes flipped and plain images equally likely at
+        p = 0.5 and leaks there; watch the samples when p climbs.
+
     Input: float images [N, C, H, W], nominally in [-1, 1], H and W >= 8. Colour transforms need
     C = 1 or 3; with one channel the image is grey, on which hue and saturation are the identity,
     so they are skipped (see `augment.color.apply_color`). Other transforms take any C.
@@ -138,6 +155,7 @@ class AugmentPipe(torch.nn.Module):
         hue_max: float = 1.0, saturation_std: float = 1.0,
         imgfilter_bands: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0), imgfilter_std: float = 1.0,
         noise_std: float = 0.1, cutout_size: float = 0.5,
+        extra: Sequence[kornia.augmentation.AugmentationBase2D] = (),
     ) -> None:
         super().__init__()
         if preset is not None and preset not in PRESETS:
@@ -171,6 +189,7 @@ class AugmentPipe(torch.nn.Module):
 
         self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32))
         self.register_buffer("band_filters", torch.from_numpy(band_filters(SYM2)), persistent=False)
+        self.extra = torch.nn.ModuleList(_extra_stage(stage) for stage in extra)
 
     def extra_repr(self) -> str:
         on = ", ".join(f"{k}={v:g}" for k, v in self.strengths.items() if v > 0)
@@ -258,6 +277,13 @@ class AugmentPipe(torch.nn.Module):
             params.cutout = sampling.applied(n, prob["cutout"], rng)
             draws["cutout"] = params.cutout.float()
             params.cutout_centres = sampling.cutout_centres(n, rng)
+
+        for stage in self.extra:
+            chosen = sampling.applied(n, self.p.to(device), rng)
+            count = int(chosen.sum())
+            # Some kornia augmentations cannot draw for an empty batch; nothing is drawn for none.
+            drawn = stage.forward_parameters(torch.Size([count, channels, height, width])) if count else {}
+            params.extra.append((chosen, drawn))
         return params
 
     def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
@@ -282,6 +308,8 @@ class AugmentPipe(torch.nn.Module):
                 images = torch.where(std != 0, images + params.noise.to(images.dtype) * std, images)
         if params.cutout is not None and bool(params.cutout.any()):
             images = torch.where(self._cutout_mask(params, *images.shape[2:]), 0.0, images)
+        for stage, (chosen, stage_params) in zip(self.extra, params.extra, strict=True):
+            images = _on_subset(images, chosen, lambda x, st=stage, sp=stage_params: _run_stage(st, x, sp))
         return images
 
     def _cutout_mask(self, params: AugmentParams, height: int, width: int) -> Tensor:
@@ -304,6 +332,23 @@ class AugmentPipe(torch.nn.Module):
         n, c, height, width = images.shape
         params = self.sample(n, c, height, width, device=images.device, generator=generator)
         return self.apply(images, params)
+
+
+def _extra_stage(stage: kornia.augmentation.AugmentationBase2D) -> kornia.augmentation.AugmentationBase2D:
+    if not isinstance(stage, kornia.augmentation.AugmentationBase2D):
+        raise ValueError(f"extra stages are kornia augmentations (kornia.augmentation.AugmentationBase2D), "
+                         f"got {type(stage).__name__}")
+    # The pipe draws which images a stage transforms, with the pipe's p: the stage transforms every one it gets.
+    stage.p, stage.p_batch = 1.0, 1.0
+    return stage
+
+
+def _run_stage(stage: kornia.augmentation.AugmentationBase2D, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+    out = stage(images, params=params)
+    if out.shape != images.shape:
+        raise ValueError(f"extra stage {type(stage).__name__} changed the images from {tuple(images.shape)} to "
+                         f"{tuple(out.shape)}; extra stages must keep the size")
+    return out
 
 
 def _checked(name: str, value: float, allow_zero: bool = False) -> float:

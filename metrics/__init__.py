@@ -25,14 +25,17 @@ Inputs:
 
 - ``G``: the official StyleGAN2 generator interface (z_dim, c_dim, w_dim, num_ws, img_resolution,
   img_channels; ``G(z, c, truncation_psi=, noise_mode=)``, ``G.mapping(z, c)``,
-  ``G.synthesis(ws, noise_mode=)``), output in [-1, 1]. It is deep-copied and put in eval mode.
+  ``G.synthesis(ws, noise_mode=, force_fp32=)``), output in [-1, 1]. It is deep-copied and put in eval mode.
 - ``reals``: a dataset with ``name`` (cache key), ``len`` and ``reals[i] -> (uint8 [C, H, W], label)``;
   labels for conditional G from ``reals.labels`` [N, c_dim] or ``reals.get_label(i)``.
   :class:`TensorImages` wraps a tensor for tests.
 - Feature networks: :func:`load_feature_net` (``--features PATH`` TorchScript, or the standard
   Inception found via path, ``$ADA_INCEPTION_WEIGHTS`` or ``$ADA_CACHE_DIR``/``~/.cache/ada``,
   verified by SHA-256, read without running code). ``pr_feature_net`` optionally gives PR its own
-  network (the official pr50k3 uses NVIDIA's VGG16, loadable with :func:`load_torchscript_features`).
+  network (the official pr50k3 uses NVIDIA's VGG16, loadable with :func:`load_torchscript_features`);
+  each result's ``feature_net`` names the network that produced it.
+- ``xflip=True`` when G was trained on the reals and their mirror images: the legacy fid{N}, kid{N},
+  pr{N} then compare against both, as the official legacy metrics do.
   PPL needs ``ppl_distance``: :func:`load_ppl_distance` (path or ``$ADA_PPL_NET``).
 
 Differences from the official code, all deliberate: generated images are drawn from a seeded
@@ -55,9 +58,11 @@ from .feature_nets import (
     inception_from_state_dict,
     load_feature_net,
     load_inception,
+    load_lpips_embedding,
     load_ppl_distance,
     load_torchscript_features,
     lpips_style_distance,
+    lpips_style_embedding,
 )
 from .inception import FIDInceptionV3
 from .names import MetricSpec, parse_metric_name, parse_metric_names
@@ -80,9 +85,11 @@ __all__ = [
     "inception_from_state_dict",
     "load_feature_net",
     "load_inception",
+    "load_lpips_embedding",
     "load_ppl_distance",
     "load_torchscript_features",
     "lpips_style_distance",
+    "lpips_style_embedding",
     "parse_metric_name",
     "parse_metric_names",
 ]

@@ -6,7 +6,8 @@ for the statistics cache (include anything that changes the pixels: path, resolu
 Class labels for conditional generators come from a ``labels`` array [N, c_dim] or, as in the
 official dataset, ``get_label(i)``.
 
-``Generator`` is the StyleGAN2 G of the official code and of ``ada.networks``.
+``Generator`` is the StyleGAN2 G of the official code and of ``ada.networks``; PPL calls its
+``synthesis(ws, noise_mode="const", force_fp32=True)``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,28 @@ class TensorImages:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         label = self.labels[index] if self.labels is not None else torch.zeros(0)
         return self.images[index], label
+
+
+@dataclass
+class MirroredImages:
+    """``reals`` followed by their mirror images (index >= N is image index - N flipped left to right),
+    as the official dataset lists x-flipped data; the legacy metrics compare against this."""
+
+    reals: RealImages
+
+    @property
+    def name(self) -> str:
+        return f"{self.reals.name}-xflip"
+
+    def __len__(self) -> int:
+        return 2 * len(self.reals)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        n = len(self.reals)
+        item = self.reals[index % n]
+        image, label = item if isinstance(item, (tuple, list)) else (item, None)
+        image = image_of(image)
+        return (image.flip(-1) if index >= n else image), label
 
 
 def image_of(item: Any) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import formulas
-from .data import Generator, RealImages, image_of, label_sampler
+from .data import Generator, MirroredImages, RealImages, image_of, label_sampler
 from .feature_nets import FeatureNet, FeatureNetUnavailable, PPLDistance, ppl_unavailable_message
 from .features import FeatureStats, eval_copy, generated_features, real_features
 from .names import MetricSpec, parse_metric_name, parse_metric_names
@@ -67,10 +67,11 @@ class _Run:
     seed: int
     noise_mode: str
     num_workers: int
+    xflip: bool
     gen_counts: dict[str, int]
-    real_capture_all: dict[tuple[str, int], bool]
+    real_capture_all: dict[tuple[str, str, int], bool]
     gen_done: dict[str, FeatureStats] = field(default_factory=dict)
-    real_done: dict[tuple[str, int], FeatureStats] = field(default_factory=dict)
+    real_done: dict[tuple[str, str, int], FeatureStats] = field(default_factory=dict)
 
     def rng(self) -> torch.Generator:
         # Every pass starts from the same seed, so every network sees the same generated images.
@@ -86,14 +87,21 @@ class _Run:
                 world_size=self.world_size, progress=self.progress)
         return self.gen_done[net.name]
 
-    def real(self, net: FeatureNet, n: int) -> FeatureStats:
-        key = (net.name, n)
+    def real(self, net: FeatureNet, spec: MetricSpec) -> FeatureStats:
+        reals = _reals_for(spec, self.reals, self.xflip)
+        key = (net.name, reals.name, _num_real(spec, reals))
         if key not in self.real_done:
             self.real_done[key] = real_features(
-                self.reals, net, max_items=n, capture_all=self.real_capture_all[key], device=self.device,
+                reals, net, max_items=key[2], capture_all=self.real_capture_all[key], device=self.device,
                 batch_size=self.batch_size, cache_dir=self.cache_dir, rank=self.rank,
                 world_size=self.world_size, num_workers=self.num_workers, progress=self.progress)
         return self.real_done[key]
+
+
+def _reals_for(spec: MetricSpec, reals: RealImages, xflip: bool) -> RealImages:
+    """The real images a metric compares against: with their mirror images for the legacy metrics of
+    x-flipped training data."""
+    return MirroredImages(reals) if xflip and spec.keeps_xflips else reals
 
 
 def _num_real(spec: MetricSpec, reals: RealImages) -> int:
@@ -149,7 +157,7 @@ def _compute(
         rows = torch.from_numpy(gen.all()[:n])
         logits = torch.cat([net.logits(x.to(run.device)).cpu() for x in rows.split(10_000)])
         return list(formulas.inception_score(logits.numpy(), spec.num_splits))
-    real = run.real(net, _num_real(spec, run.reals))
+    real = run.real(net, spec)
     if spec.kind == "fid":
         mu_g, sigma_g = gen.mean_cov() if n == gen.num_items else formulas.mean_cov(gen.all()[:n])
         mu_r, sigma_r = real.mean_cov()
@@ -182,8 +190,13 @@ def evaluate(
     seed: int = 0,
     noise_mode: str = "random",
     num_workers: int = 0,
+    xflip: bool = False,
 ) -> list[MetricResult]:
     """Compute ``metrics`` for ``generator`` against ``reals``; one :class:`MetricResult` per metric.
+
+    ``xflip``: G was trained on ``reals`` and their mirror images (``--mirror``). Give the reals
+    without mirror images: the legacy metrics (fid{N}, kid{N}, pr{N}) add them, the others do not,
+    as in the official code.
 
     With several ranks (``torch.distributed`` initialised by the caller), every rank calls this with
     its ``rank`` and gets the same results; ``cache_dir`` must then be on a file system all ranks see.
@@ -199,17 +212,18 @@ def evaluate(
     _check_inputs(specs, generator, reals, nets, ppl_distance)
     device = torch.device(device)
     gen_counts: dict[str, int] = {}
-    real_capture_all: dict[tuple[str, int], bool] = {}
+    real_capture_all: dict[tuple[str, str, int], bool] = {}
     for s in specs:
         if s.uses_features:
             name = nets[s.name].name
             gen_counts[name] = max(gen_counts.get(name, 0), s.num_gen)
             if s.kind in ("fid", "kid", "pr"):
-                key = (name, _num_real(s, reals))
+                chosen = _reals_for(s, reals, xflip)
+                key = (name, chosen.name, _num_real(s, chosen))
                 real_capture_all[key] = real_capture_all.get(key, False) or s.kind != "fid"
     run = _Run(eval_copy(generator, device), reals, device, batch_size,
                Path(cache_dir) if cache_dir is not None else None, progress, rank, world_size, seed,
-               noise_mode, num_workers, gen_counts, real_capture_all)
+               noise_mode, num_workers, xflip, gen_counts, real_capture_all)
     results = []
     for spec in specs:
         start = time.perf_counter()

@@ -111,10 +111,11 @@ class InceptionFeatures(FeatureNet):
 
 
 class TorchScriptFeatures(FeatureNet):
-    def __init__(self, module: torch.jit.ScriptModule, name: str):
+    def __init__(self, module: torch.jit.ScriptModule, name: str, flag: str = "--features"):
         super().__init__()
         self.module = module
         self.name = name
+        self.flag = flag
         self.eval()
         # NVIDIA's metric networks (inception-2015-12-05.pt, vgg16.pt) give features on request.
         self.kwargs = {"return_features": True} if _forward_takes(module, "return_features") else {}
@@ -124,7 +125,7 @@ class TorchScriptFeatures(FeatureNet):
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise FeatureNetUnavailable(
-                f"--features network {self.name} returned {shape} for {images.shape[0]} images; "
+                f"{self.flag} network {self.name} returned {shape} for {images.shape[0]} images; "
                 "it must map uint8 images [N, 3, H, W] to features [N, D]"
             )
         return out.to(torch.float32)
@@ -253,10 +254,13 @@ def _load_script(path: str | Path, device: str | torch.device, flag: str) -> tor
         raise FeatureNetUnavailable(message) from None
 
 
-def load_torchscript_features(path: str | Path, *, device: str | torch.device = "cpu") -> TorchScriptFeatures:
-    """A user's TorchScript feature network (``--features PATH``). Its program runs: trust the file."""
-    module = _load_script(path, device, "--features")
-    return TorchScriptFeatures(module, name=f"{Path(path).stem}-{sha256_of(path)[:8]}")
+def load_torchscript_features(
+    path: str | Path, *, device: str | torch.device = "cpu", flag: str = "--features"
+) -> TorchScriptFeatures:
+    """A user's TorchScript feature network (``--features PATH``, ``--pr-net PATH``; ``flag`` names the
+    option in messages). Its program runs: trust the file."""
+    module = _load_script(path, device, flag)
+    return TorchScriptFeatures(module, name=f"{Path(path).stem}-{sha256_of(path)[:8]}", flag=flag)
 
 
 def load_feature_net(
@@ -275,6 +279,27 @@ def load_feature_net(
 
 
 PPLDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Embedding = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lpips_style_embedding(net: Callable[..., object]) -> Embedding:
+    """Image batches (float, [0, 255], [N, 3, H, W]) -> vectors [N, D] whose squared L2 distance is the
+    perceptual distance of :func:`lpips_style_distance`. Embedding once lets a caller compare many
+    images with one fixed target (the projector) without running the network on the target again.
+    """
+    if isinstance(net, torch.jit.ScriptModule) and _forward_takes(net, "return_lpips"):
+        return lambda images: net(images, resize_images=False, return_lpips=True)
+
+    def unweighted(images: torch.Tensor) -> torch.Tensor:
+        outs = net(images)
+        parts = []
+        for f in (outs,) if isinstance(outs, torch.Tensor) else outs:
+            f = f / (f.norm(dim=1, keepdim=True) + 1e-10)
+            # Dividing by sqrt(positions) turns the sum of squares into a mean over positions.
+            positions = f[0, 0].numel()
+            parts.append(f.flatten(1) / positions**0.5)
+        return torch.cat(parts, dim=1)
+    return unweighted
 
 
 def lpips_style_distance(net: Callable[..., object]) -> PPLDistance:
@@ -286,32 +311,20 @@ def lpips_style_distance(net: Callable[..., object]) -> PPLDistance:
     channels and their squared differences summed over channels, averaged over positions and summed
     over outputs: LPIPS without its learned per-channel weights.
     """
-    if isinstance(net, torch.jit.ScriptModule) and _forward_takes(net, "return_lpips"):
-        def official(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            fa = net(a, resize_images=False, return_lpips=True)
-            fb = net(b, resize_images=False, return_lpips=True)
-            return (fa - fb).square().sum(dim=1)
-        return official
-
-    def unweighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        outs_a, outs_b = net(a), net(b)
-        if isinstance(outs_a, torch.Tensor):
-            outs_a, outs_b = (outs_a,), (outs_b,)
-        total = torch.zeros(a.shape[0], device=a.device)
-        for fa, fb in zip(outs_a, outs_b, strict=True):
-            fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
-            fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
-            diff = (fa - fb).square().sum(dim=1)
-            if diff.ndim > 1:
-                diff = diff.flatten(1).mean(dim=1)
-            total = total + diff
-        return total
-    return unweighted
+    embed = lpips_style_embedding(net)
+    return lambda a, b: (embed(a) - embed(b)).square().sum(dim=1)
 
 
 def ppl_unavailable_message() -> str:
     return ("PPL needs an LPIPS network and none is shipped: give a TorchScript file (NVIDIA's "
             f"stylegan2-ada-pytorch metrics/vgg16.pt reproduces official numbers) via {PPL_NET_ENV}=PATH")
+
+
+def load_lpips_embedding(
+    path: str | Path, *, device: str | torch.device = "cpu", flag: str = "--lpips-net"
+) -> Embedding:
+    """:func:`lpips_style_embedding` of a TorchScript network (``flag`` names the option). Its program runs."""
+    return lpips_style_embedding(_load_script(path, device, flag))
 
 
 def load_ppl_distance(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> PPLDistance:

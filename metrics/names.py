@@ -16,6 +16,10 @@ Grammar (N is a count: ``50k`` = 50,000, ``200`` = 200):
                   ('end'), with 'ppl2' leaving the image uncropped and 'ppl' taking the official
                   face crop; N samples, 50k if omitted
 
+With x-flipped training data (``evaluate(..., xflip=True)``, training with ``--mirror``), the legacy
+fid{N}, kid{N} and pr{N} compare against every real image and its mirror image, and the _full metrics
+against the images alone, as the official legacy and primary metrics do.
+
 The official metric list is the subset fid50k_full, kid50k_full, pr50k3_full, ppl2_wend, is50k,
 fid50k, kid50k, pr50k3, ppl_zfull, ppl_wfull, ppl_zend, ppl_wend, with the same meanings.
 """
@@ -57,6 +61,9 @@ class MetricSpec:
     sampling: str = "end"  # ppl: "full" or "end"
     crop: bool = False  # ppl: official face crop
     epsilon: float = 1e-4  # ppl
+    # The legacy metrics (fid{N}, kid{N}, pr{N}) compare against the real data as training saw it,
+    # x-flips included; the _full ones and IS drop them, as the official metric_main does.
+    keeps_xflips: bool = False
 
     @property
     def result_keys(self) -> tuple[str, ...]:
@@ -98,11 +105,12 @@ def _parse(name: str) -> MetricSpec | None:
     if kind in ("fid", "kid"):
         n = _count(m[1], m[2])
         full_cap = None if kind == "fid" else KID_FULL_MAX_REAL
-        return MetricSpec(name, kind, num_gen=n, max_real=full_cap if m[3] else n)
+        return MetricSpec(name, kind, num_gen=n, max_real=full_cap if m[3] else n, keeps_xflips=not m[3])
     if kind == "pr":
         n = _count(m[1], m[2] or "")
         k = int(m[3] or m[4])
-        return MetricSpec(name, kind, num_gen=n, max_real=PR_FULL_MAX_REAL if m[5] else n, nhood_size=k)
+        return MetricSpec(name, kind, num_gen=n, max_real=PR_FULL_MAX_REAL if m[5] else n, nhood_size=k,
+                          keeps_xflips=not m[5])
     if kind == "is":
         return MetricSpec(name, kind, num_gen=_count(m[1], m[2]))
     n = _count(m[4], m[5]) if m[4] else DEFAULT_PPL_SAMPLES

@@ -85,7 +85,8 @@ def path_lengths(
             else:
                 tz = t[:, None]
                 ws = G.mapping(torch.cat([slerp(z0, z1, tz), slerp(z0, z1, tz + eps)]), cc)
-            images = ppl_images(G.synthesis(ws, noise_mode="const"), spec.crop, G.img_resolution)
+            # float32 throughout, as the official force_fp32: float16 rounding is far above eps-sized steps.
+            images = ppl_images(G.synthesis(ws, noise_mode="const", force_fp32=True), spec.crop, G.img_resolution)
             first, second = images.chunk(2)
             dist = distance(first, second) / eps**2
             out.append(gather_rows(dist.to(torch.float64), world_size))

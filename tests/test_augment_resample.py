@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from augment import matrices
 from augment.color import apply_color
-from augment.geometric import blit, is_blit, resample
+from augment.geometric import blit, is_blit, resample, warp_bilinear
 from augment.imgfilter import band_filter
 from augment.wavelets import SYM2, SYM6, band_filters
 
@@ -157,3 +157,23 @@ def test_one_channel_colour_is_the_mean_of_the_grey_rgb_result():
     # Hue and saturation leave grey alone: brightness, then contrast, then the flip remain.
     expected = torch.stack([-1.5 * (x[0] + 0.1), 0.7 * (x[1] - 0.2)])
     assert torch.allclose(apply_color(x, colour), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(f64, 1e-10), (torch.float32, 1e-4)])
+def test_kornia_warp_samples_where_torch_grid_sampling_does(dtype, tolerance):
+    # The warp's grid sampling is kornia's warp_affine; it must put the samples exactly where torch's
+    # affine_grid + grid_sample with align_corners=False do (kornia before 0.9 did not).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 2, 20, 24, dtype=f64, generator=gen).to(dtype)
+    maps = torch.eye(3, dtype=f64).repeat(4, 1, 1)
+    maps[:, :2, :2] += 0.3 * torch.randn(4, 2, 2, dtype=f64, generator=gen)
+    maps[:, :2, 2] = torch.randn(4, 2, dtype=f64, generator=gen) * 3
+    maps = maps.to(dtype)
+    size = (18, 26)
+    to_unit = torch.tensor([[2 / 24, 0, 1 / 24 - 1], [0, 2 / 20, 1 / 20 - 1], [0, 0, 1]], dtype=dtype)
+    from_unit = torch.tensor([[13, 0, 12.5], [0, 9, 8.5], [0, 0, 1]], dtype=dtype)
+    grid = F.affine_grid((to_unit @ maps @ from_unit)[:, :2], [4, 2, *size], align_corners=False)
+    expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert (warp_bilinear(x, maps, size) - expected).abs().max() < tolerance
+    assert torch.allclose(matrices.affine_inverse(maps) @ maps, torch.eye(3, dtype=dtype).expand(4, 3, 3),
+                          atol=tolerance)

@@ -21,7 +21,7 @@ BENCHMARKS = REPO / "benchmarks"
 # A checkout of NVlabs/stylegan2-ada-pytorch, outside the repository; its test is skipped without one.
 OFFICIAL = os.environ.get("ADA_OFFICIAL_CHECKOUT")
 
-MEMORY_LINE = re.compile(r"^(\w+) peak memory: RSS (\d+) MiB \((-?\d+) MiB above setup\)")
+MEMORY_LINE = re.compile(r"^([\w-]+) peak memory: RSS (\d+) MiB \((-?\d+) MiB above setup\)")
 
 
 @pytest.fixture
@@ -153,6 +153,30 @@ def test_augment_speed_prints_img_per_second_and_peak_memory():
     figure(lines[-1], "img/s:")
     peak, above = memory_of(lines)["ours"]
     assert peak > 0 and 0 <= above <= peak
+
+
+def test_augment_speed_compares_the_warps_in_one_run():
+    lines = run_script("augment_speed.py", "--res", "16", "--batch", "4", "--iters", "2", "--repeats", "1",
+                       "--warmup", "1", "--threads", "1", "--compare-warp")
+    assert set(memory_of(lines)) == {"ours", "torch-warp"}
+    figure(next(line for line in lines if line.startswith("ratio ours/torch-warp:")), "ratio ours/torch-warp:")
+    difference = next(line for line in lines if line.startswith("largest difference between the warps:"))
+    assert float(difference.split(":")[1]) < 1e-4  # the same result to float32 rounding
+    figure(lines[-1], "img/s:")
+
+
+def test_kornia_ada_comparison_prints_its_tables():
+    lines = run_script("kornia_ada.py", "--p", "0.5", "--draws", "1", "--repeats", "1", "--kimg", "1,2")
+    text = "\n".join(lines)
+    assert "| value range | p in [0, 1], starting at 0 | p in [0, max_p = 0.8]" in text
+    measured = [line for line in lines if line.startswith("| 0.5 |")]
+    assert [line.split("|")[2].strip() for line in measured] == ["ours", "kornia"]
+    # At p = 0.5 kornia leaves about half of the images as they were; ADA's bgc draws 13 transforms for each.
+    kornia_unchanged = float(measured[1].split("|")[3].strip().rstrip("%")) / 100
+    assert 0.35 < kornia_unchanged < 0.65
+    assert float(measured[0].split("|")[3].strip().rstrip("%")) / 100 < 0.05
+    controller = [line for line in lines if line.startswith("| 1.00 (1.00) |")]
+    assert [line.split("|")[2].strip() for line in controller] == ["ours", "kornia"]
 
 
 def test_metric_speed_times_what_the_metrics_need():

@@ -33,7 +33,7 @@ class TinySynthesis(nn.Module):
         self.fc = nn.Linear(w_dim * num_ws, channels * res * res)
         self.register_buffer("noise_const", torch.randn(res, res))
 
-    def forward(self, ws, noise_mode="random"):
+    def forward(self, ws, noise_mode="random", force_fp32=False):
         x = self.fc(ws.flatten(1)).reshape(-1, *self.shape)
         noise = torch.randn_like(x[:, :1]) if noise_mode == "random" else self.noise_const
         return torch.tanh(x + 0.1 * noise)
@@ -204,7 +204,7 @@ class LinearSynthesis(nn.Module):
         # Small, so that float32 rounding of image + noise stays far below the eps-sized steps.
         self.register_buffer("noise_const", torch.randn(res, res) * 1e-3)
 
-    def forward(self, ws, noise_mode="random"):
+    def forward(self, ws, noise_mode="random", force_fp32=False):
         assert noise_mode == "const"
         return (ws.flatten(1) @ self.q.T).reshape(-1, 1, self.res, self.res) + self.noise_const
 
@@ -416,3 +416,45 @@ def test_two_processes_shard_and_gather_like_one(tmp_path, features_path, net):
         np.testing.assert_allclose(np.load(tmp_path / f"real{rank}.npy"), single.all(), rtol=1e-5, atol=1e-6)
     rank0, rank1 = (json.loads((tmp_path / f"results{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1 and np.isfinite(rank0[0]["fid30_full"])
+
+
+class ColumnMeans(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2))
+
+
+def test_legacy_metrics_keep_the_training_xflips_and_full_ones_drop_them(tmp_path):
+    path = tmp_path / "columns.pt"
+    torch.jit.script(ColumnMeans()).save(str(path))
+    net = metrics.load_feature_net(path)  # sees left from right
+    ramp = torch.linspace(0, 128, 16, dtype=torch.float64).round().to(torch.uint8)
+    reals = metrics.TensorImages(random_images(50) // 2 + ramp, name="ramps")  # dark left, bright right
+    mirrored = torch.cat([reals.images, reals.images.flip(-1)])
+    # The legacy fid100 of x-flipped data compares against the 50 reals and their 50 mirror images.
+    (legacy,) = metrics.evaluate("fid100", ReplayG(mirrored), reals, feature_net=net, batch_size=25, xflip=True)
+    assert abs(legacy.results["fid100"]) < 1e-6
+    (unflipped,) = metrics.evaluate("fid100", ReplayG(mirrored), reals, feature_net=net, batch_size=25)
+    assert unflipped.results["fid100"] > 1
+    # fid{N}_full drops the flips, as the official primary metrics do: xflip changes nothing.
+    full = [metrics.evaluate("fid100_full", ReplayG(mirrored), reals, feature_net=net, batch_size=25, xflip=x)[0]
+            for x in (True, False)]
+    assert full[0].results == full[1].results
+    assert metrics.parse_metric_name("pr50k3").keeps_xflips and metrics.parse_metric_name("kid50k").keeps_xflips
+    assert not any(metrics.parse_metric_name(n).keeps_xflips for n in ("fid50k_full", "pr50k3_full", "is50k"))
+
+
+def test_ppl_runs_the_generator_in_float32():
+    from ada.networks import SynthesisLayer
+    from tests._tiny import tiny_generator
+
+    G = tiny_generator(res=16, num_fp16_res=2)
+    G.synthesis.reduced_dtype = torch.bfloat16  # reduced precision that a CPU runs (float16 is CUDA-only)
+    seen = []
+    for layer in G.synthesis.modules():
+        if isinstance(layer, SynthesisLayer):
+            layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    G.synthesis(G.mapping(torch.randn(2, 8), None))
+    assert torch.bfloat16 in seen  # the top blocks do run in reduced precision outside PPL
+    seen.clear()
+    metrics.evaluate("ppl2_wend_4", G, None, ppl_distance=squared_l2, batch_size=2)
+    assert seen and set(seen) == {torch.float32}

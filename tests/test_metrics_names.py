@@ -12,7 +12,7 @@ def one(name):
 
 def test_official_names():
     assert one("fid50k_full") == MetricSpec("fid50k_full", "fid", num_gen=50_000, max_real=None)
-    assert one("fid50k") == MetricSpec("fid50k", "fid", num_gen=50_000, max_real=50_000)
+    assert one("fid50k") == MetricSpec("fid50k", "fid", num_gen=50_000, max_real=50_000, keeps_xflips=True)
     assert one("kid50k_full") == MetricSpec("kid50k_full", "kid", num_gen=50_000, max_real=1_000_000)
     assert one("kid50k").max_real == 50_000
     pr = one("pr50k3_full")

@@ -83,7 +83,14 @@ def test_the_plain_step_is_reproducible(plain, monkeypatch):
 
 
 def test_channels_last_gives_the_same_step(plain, monkeypatch):
-    assert_same_gradients(first_step_gradients(build(nhwc=True), monkeypatch), plain, rtol=1e-4)
+    result = first_step_gradients(build(nhwc=True), monkeypatch)
+    for phase in PHASES:
+        # Channels-last rounds the activations differently in the last bits (D's inputs move by ~5e-6).
+        # That is enough for one activation to end up on the other side of a kink and take the other
+        # slope, which moves single gradient elements by up to 0.5% and a phase by up to 1e-3 of its
+        # norm: seen at seeds 2 and 5, whichever grid sampling the augmentation uses, and after adding
+        # 2e-6 noise to D's inputs at this seed in 7 of 12 draws. A layout bug moves a phase by far more.
+        assert relative_error(result[phase], plain[phase]) < 1e-2, phase
 
 
 def test_bfloat16_on_cpu_gives_a_close_step(plain, monkeypatch):

@@ -1,0 +1,106 @@
+"""TensorBoard event files: written under the official names, read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ada import tfevents
+from ada.cli import main
+from ada.errors import UserError
+from ada.tfevents import TensorBoardTracker
+from ada.tracking import Tracker, TrackingWarning
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def scalars(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_ticks_metrics_and_grids_are_written_and_read_back(tmp_path):
+    grid = tmp_path / "fakes000000.png"
+    Image.fromarray(np.full((32, 48), 200, dtype=np.uint8), mode="L").save(grid)
+    tracker = TensorBoardTracker.create(tmp_path, enabled=True)
+    assert tracker.enabled
+    for tick, kimg in enumerate((0.016, 0.048)):
+        tracker.log_tick({"tick": tick, "kimg": kimg, "timestamp": 1.7e9 + tick, "loss_G": 1.5 + tick,
+                          "loss_D": 0.5, "loss_D_r1": None, "p": 0.25, "r_t": 0.75, "r_v": 0.5,
+                          "sec_per_kimg": 3.0, "skipped_steps": 0})
+    tracker.log_metric(0.048, {"fid50k_full": 12.5})
+    tracker.log_image(0.048, "fakes", grid)
+    tracker.finish()
+
+    events = read_events(tmp_path)
+    assert scalars(events, "Loss/G/loss") == [(16, 1.5), (48, 2.5)]
+    assert scalars(events, "Progress/augment") == [(16, 0.25), (48, 0.25)]
+    assert scalars(events, "Loss/signs/real")[-1] == (48, 0.75)
+    assert scalars(events, "Timing/sec_per_kimg")[-1] == (48, 3.0)
+    assert scalars(events, "ADA/r_v")[-1] == (48, 0.5)
+    assert scalars(events, "Metrics/fid50k_full") == [(48, 12.5)]
+    assert [e.wall_time for e in events.Scalars("Progress/kimg")] == [1.7e9, 1.7e9 + 1]
+    assert "Loss/r1_penalty" not in events.Tags()["scalars"]  # a None (no R1 step this tick) is left out
+    (image,) = events.Images("Images/fakes")
+    assert (image.step, image.width, image.height) == (48, 48, 32)
+
+
+def test_on_by_default_when_installed_off_on_request_and_on_other_ranks(tmp_path):
+    assert tfevents.available()
+    assert isinstance(TensorBoardTracker.create(tmp_path, enabled=None), TensorBoardTracker)
+    assert type(TensorBoardTracker.create(tmp_path / "off", enabled=False)) is Tracker
+    assert type(TensorBoardTracker.create(tmp_path / "rank1", enabled=True, rank=1)) is Tracker
+    assert not (tmp_path / "off").exists() and not (tmp_path / "rank1").exists()
+
+
+def test_an_explicit_request_without_the_package_is_refused(monkeypatch):
+    from ada.config import resolve, validate
+
+    monkeypatch.setattr(tfevents, "available", lambda: False)
+    assert type(TensorBoardTracker.create(Path("unused"), enabled=None)) is Tracker
+    cfg = resolve("tiny", {"data": "lfw-faces16", "tensorboard": True}, 16)
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        validate(cfg)
+
+
+def test_a_failing_writer_warns_once_and_turns_itself_off(tmp_path):
+    class Broken:
+        def add_scalar(self, *args, **kwargs):
+            raise OSError("disk full")
+
+        def close(self):
+            raise AssertionError("a failed writer is not touched again")
+
+    tracker = TensorBoardTracker(Broken())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.log_tick({"kimg": 1.0, "loss_G": 1.0})
+        tracker.log_tick({"kimg": 2.0, "loss_G": 1.0})
+        tracker.finish()
+    assert [w.category for w in caught] == [TrackingWarning]
+    assert "disk full" in str(caught[0].message) and "training goes on" in str(caught[0].message)
+
+
+def test_a_training_run_writes_its_ticks_and_grids(tmp_path):
+    main(["train", "--cfg", "tiny", "--data", "lfw-faces16", "--aug", "noaug", "--kimg", "0.048", "--tick",
+          "0.016", "--snap", "2", "--metrics", "none", "--outdir", str(tmp_path / "on")])
+    (run,) = (tmp_path / "on").iterdir()
+    assert list(run.glob("events.out.tfevents.*"))
+    events = read_events(run)
+    assert [step for step, _ in scalars(events, "Progress/kimg")] == [16, 32, 48]
+    assert {"Loss/G/loss", "Loss/D/loss", "Progress/augment", "Loss/signs/real"} <= set(events.Tags()["scalars"])
+    assert {"Images/reals", "Images/fakes_init", "Images/fakes"} <= set(events.Tags()["images"])
+    main(["train", "--cfg", "tiny", "--data", "lfw-faces16", "--aug", "noaug", "--kimg", "0.016",
+          "--metrics", "none", "--tensorboard=0", "--outdir", str(tmp_path / "off")])
+    (run,) = (tmp_path / "off").iterdir()
+    assert not list(run.glob("events.out.tfevents.*"))
