@@ -43,10 +43,9 @@ from ada.loss import StyleGAN2Loss
 from ada.loss_scaler import LossScaler
 from ada.networks import Discriminator, Generator
 from ada.progress import format_tick
-from ada.tracking import Tracker
-from metrics.diversity import diversity_ratio
 from ada.tfevents import TensorBoardTracker
 from ada.tracking import Tracker, Trackers
+from metrics.diversity import diversity_ratio
 
 # Give up when one phase's gradients are non-finite this many times in a row.
 MAX_CONSECUTIVE_BAD_STEPS = 20
