@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ada.checkpoint import planned_state
 from ada.errors import UserError
 from ada.networks import Discriminator, Generator
 
@@ -323,11 +324,13 @@ def build_network(key: str, record: ModuleRecord, cls: type[nn.Module], report: 
         raise UserError(f"official {key} is a {record.class_name}; expected a {cls.__name__}")
     try:
         bound = inspect.signature(cls).bind(*record.init_args, **record.init_kwargs)
+        # Checked without allocating first: a damaged pickle may ask for a 70 TB layer.
+        planned_state(cls, bound.arguments)
         net = cls(*bound.args, **bound.kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(
             f"official {key} was built with arguments our {cls.__name__} does not support "
-            f"({record.init_args} {record.init_kwargs}): {e}"
+            f"({_short(record.init_args)} {_short(record.init_kwargs)}): {e}"
         ) from e
     state, dropped = match_state(key, record.state_dict(), net)
     net.load_state_dict(state, strict=True)
@@ -384,6 +387,12 @@ def match_state(
     if problems:
         raise UserError(f"official {key} does not match our {type(net).__name__}: " + "; ".join(problems))
     return {n: official[n] for n in ours}, dropped
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    """A damaged record may hold huge values: its text, cut to keep the message one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _some(names: list[str]) -> str:
