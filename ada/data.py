@@ -64,7 +64,7 @@ def check_zip_member(name: str, archive: str) -> None:
         raise UserError(f"{archive}: refusing unsafe zip entry {name!r} (absolute path or '..')")
 
 
-def check_zip_member_size(info: zipfile.ZipInfo, archive: str) -> None:
+def check_zip_member_readable(info: zipfile.ZipInfo, archive: str) -> None:
     """Refuse, before reading, a member that would not fit in memory, could not be read, or is a zip bomb."""
     where = f"{archive}: member {info.filename}"
     if info.flag_bits & 0x1:
@@ -145,7 +145,7 @@ class ImageSource:
                 check_zip_member(name, str(path))
             for info in infos:
                 if is_image_name(info.filename) or info.filename == "dataset.json":
-                    check_zip_member_size(info, str(path))
+                    check_zip_member_readable(info, str(path))
             self.names = sorted(n for n in members if is_image_name(n))
             self._members = set(members)
         else:
