@@ -154,11 +154,12 @@ def generate_command(projected_w: str | None, **options: Any) -> None:
 @click.option("--dest", required=True, help="Output zip", metavar="ZIP")
 @click.option("--resolution", type=int, required=True, help="Output side length (a power of two)")
 @click.option("--channels", type=click.Choice(["auto", "1", "3"]), default="auto", show_default=True)
-def dataset_command(source: str, dest: str, resolution: int, channels: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --dest if it exists")
+def dataset_command(source: str, dest: str, resolution: int, channels: str, overwrite: bool) -> None:
     """Convert images of any size into a training zip: centre crop and resize."""
     from ada.dataset_tool import convert
 
-    convert(source, dest, resolution, None if channels == "auto" else int(channels))
+    convert(source, dest, resolution, None if channels == "auto" else int(channels), overwrite=overwrite)
 
 
 cli.add_command(compare)

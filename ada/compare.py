@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ada.errors import UserError
+from ada.files import atomic_write
 from ada.tracking import as_number, best_evaluation, dataset_name, is_transfer, metric_direction
 
 if TYPE_CHECKING:
@@ -157,10 +158,22 @@ def load_run(run_dir: Path | str) -> RunLog:
         options = loaded
 
     metrics = {
-        metric_path.stem.removeprefix("metric-"): read_jsonl(metric_path)
+        metric_path.stem.removeprefix("metric-"): read_metric_log(metric_path)
         for metric_path in sorted(path.glob("metric-*.jsonl"))
     }
     return RunLog(path=path, options=options, stats=stats, metrics=metrics)
+
+
+def read_metric_log(path: Path) -> list[dict[str, Any]]:
+    """The evaluations of a metric-NAME.jsonl; each one's "results" must map result keys to values."""
+    records = read_jsonl(path)
+    for position, record in enumerate(records, start=1):
+        if not isinstance(record.get("results", {}), dict):
+            raise UserError(
+                f"{path}: record {position} has 'results' that are not a JSON object; the file is damaged, "
+                "remove or repair that line"
+            )
+    return records
 
 
 def _as_runs(runs: Sequence[RunLog | Path | str]) -> list[RunLog]:
@@ -368,8 +381,11 @@ def plot_runs(runs: Sequence[RunLog | Path | str], out_path: Path | str, metric:
     """Write ``comparison_figure(runs, metric)`` as a PNG of FIGURE_SIZE_PX pixels; returns its path."""
     out = _png_path(out_path)
     figure = comparison_figure(runs, metric)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png", dpi=DPI)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create its folder ({exc.strerror or exc})") from None
+    atomic_write(out, lambda f: figure.savefig(f, format="png", dpi=DPI))
     return out
 
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,10 +147,19 @@ def available_presets() -> list[str]:
 
 def load_preset(name: str) -> TrainConfig:
     """The dataclass defaults overridden by configs/NAME.yaml."""
+    choose = f"choose one of: {', '.join(available_presets())}"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        # A path would otherwise be joined onto configs/ (an absolute one replacing it).
+        raise UserError(f"--cfg={name}: give the name of a preset in configs/, not a file path; {choose}")
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"unknown preset --cfg={name}; choose one of: {', '.join(available_presets())}")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise UserError(f"unknown preset --cfg={name}; {choose}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a preset must be a mapping of options, not a {type(values).__name__}")
     cfg = TrainConfig(cfg=name)
     apply_overrides(cfg, values, source=str(path))
     return cfg
@@ -167,8 +179,9 @@ def resolve(preset: str, overrides: dict[str, Any], resolution: int | None) -> T
 
 
 def apply_overrides(cfg: Any, values: dict[str, Any], source: str) -> None:
-    """Set dataclass fields from a (nested) dict, refusing unknown keys."""
+    """Set dataclass fields from a (nested) dict, refusing unknown keys and values of the wrong type."""
     known = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
     for key, value in values.items():
         if key not in known:
             raise UserError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(known))}")
@@ -178,7 +191,37 @@ def apply_overrides(cfg: Any, values: dict[str, Any], source: str) -> None:
                 raise UserError(f"{source}: {key!r} must be a mapping of options")
             apply_overrides(current, value, f"{source}:{key}")
         else:
+            expected = _type_mismatch(hints[key], value)
+            if expected:
+                raise UserError(f"{source}: {key!r} is {value!r}, which is not {expected}")
             setattr(cfg, key, value)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def _type_mismatch(hint: Any, value: Any) -> str | None:
+    """None if `value` fits the field type `hint`, else what the field takes, in words."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is list:
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return None
+        elif option is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return None
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return None
+        elif isinstance(value, option):
+            return None
+    names = [
+        "empty (null)" if o is type(None) else "a list of names" if typing.get_origin(o) is list else _TYPE_NAMES[o]
+        for o in options
+    ]
+    return " or ".join(names)
 
 
 def auto_rules(resolution: int, gpus: int) -> dict[str, Any]:
@@ -209,6 +252,11 @@ def validate(cfg: TrainConfig) -> None:
     from augment import PRESETS as AUGPIPE_PRESETS
 
     _check(bool(cfg.data), "--data is required: a folder of images, a dataset zip, or a built-in name")
+    _check_finite(cfg)
+    _check(0 <= cfg.seed < 2**32, f"--seed={cfg.seed} must be in 0..{2**32 - 1}")
+    for flag, value in (("--outdir", cfg.outdir), ("--resume", cfg.resume), ("--features", cfg.features),
+                        ("--ppl-net", cfg.ppl_net)):
+        _check(value is None or bool(value.strip()), f"{flag}= is empty; give a path, or leave the option out")
     _check(cfg.gpus >= 1, f"--gpus={cfg.gpus} must be at least 1")
     _check(cfg.kimg > 0, f"--kimg={cfg.kimg} must be positive")
     _check(cfg.tick > 0, f"--tick={cfg.tick} must be positive")
@@ -274,6 +322,24 @@ def validate(cfg: TrainConfig) -> None:
            "--tensorboard=1 needs the tensorboard package: pip install tensorboard (or drop the option)")
     wandb_modes = (None, "online", "offline", "disabled")
     _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
+
+
+# Config field -> the command-line flag that sets it, where they differ, for messages.
+_FLAG_NAMES = {"loss.r1_gamma": "--gamma", "aug.p": "--p", "aug.target": "--target", "aug.ada_kimg": "--ada-kimg",
+               "aug.p_max": "--p-max"}
+
+
+def _check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every number in the configuration is finite: inf or nan (from a flag or a preset) has no meaning
+    as a length, weight or rate, and would train with, e.g., every R1 step skipped."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-") if not prefix else name)
+            raise UserError(f"{flag}={value} must be a finite number")
 
 
 def check_flag_combinations(given: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import warnings
@@ -33,11 +34,23 @@ import torch
 from PIL import Image
 
 from ada.errors import UserError
+from ada.files import read_regular_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Images larger than this are refused before decoding: a decompression bomb, or not training data.
 MAX_PIXELS = 128 * 1024 * 1024
+# A zip member is read whole into memory, so its size is checked first: no image file we would
+# decode is larger than its pixels uncompressed (RGBA) ...
+MAX_MEMBER_BYTES = 4 * MAX_PIXELS
+# ... and image files are compressed already: a large member that inflates more than this from
+# its stored size is a zip bomb, not an image.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_BYTES = 16 * 2**20
+# Class ids index one-hot labels and embedding layers of this many rows: larger ids are a mistake.
+MAX_CLASSES = 2**16
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+# What PIL opens 16-bit greyscale PNGs as; its convert("L") clips these to 255 instead of scaling.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def is_image_name(name: str) -> bool:
@@ -51,8 +64,53 @@ def check_zip_member(name: str, archive: str) -> None:
         raise UserError(f"{archive}: refusing unsafe zip entry {name!r} (absolute path or '..')")
 
 
+def check_zip_member_readable(info: zipfile.ZipInfo, archive: str) -> None:
+    """Refuse, before reading, a member that would not fit in memory, could not be read, or is a zip bomb."""
+    where = f"{archive}: member {info.filename}"
+    if info.flag_bits & 0x1:
+        raise UserError(f"{where} is encrypted; repack the zip without a password")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        raise UserError(
+            f"{where} uses compression method {info.compress_type}, which cannot be read; "
+            "repack the zip with deflate or no compression"
+        )
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise UserError(
+            f"{where} inflates to {info.file_size / 2**20:.0f} MB, more than any image may "
+            f"({MAX_MEMBER_BYTES // 2**20} MB); refusing to read it"
+        )
+    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
+        raise UserError(
+            f"{where} inflates {info.file_size // max(info.compress_size, 1)}-fold "
+            f"({info.compress_size} to {info.file_size} bytes), as a zip bomb does; refusing to read it"
+        )
+
+
+def printable_path(path: Path) -> str:
+    """A path for a message; bytes of a file name that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def resolve_listed_file(path: Path) -> Path:
+    """Where a listed file really is; a name that is not UTF-8 and a broken symlink are refused."""
+    shown = printable_path(path)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{shown}: the file name is not valid UTF-8; rename it") from None
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a missing target; a loop is RuntimeError before Python 3.13
+        raise UserError(
+            f"{shown}: a broken symbolic link (its target is missing, or it loops); remove or fix it"
+        ) from None
+
+
 def list_folder_images(root: Path) -> list[str]:
-    """Image paths under `root`, relative, '/'-separated, sorted; never leaving `root` through a symlink."""
+    """Image paths under `root`, relative, '/'-separated, sorted; never leaving `root` through a symlink.
+
+    Only regular files: a FIFO named .png would block its reader forever.
+    """
     root_real = root.resolve()
     names = []
     for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
@@ -60,8 +118,11 @@ def list_folder_images(root: Path) -> list[str]:
             if not is_image_name(filename):
                 continue
             path = Path(dirpath) / filename
-            if not path.resolve().is_relative_to(root_real):
+            target = resolve_listed_file(path)
+            if not target.is_relative_to(root_real):
                 continue
+            if not target.is_file():
+                raise UserError(f"{printable_path(path)} is not a regular file (a pipe, socket or device); remove it")
             names.append(path.relative_to(root).as_posix())
     return sorted(names)
 
@@ -76,22 +137,31 @@ class ImageSource:
         if self.is_zip:
             try:
                 with zipfile.ZipFile(path) as zf:
-                    members = zf.namelist()
-            except (zipfile.BadZipFile, OSError) as exc:
+                    infos = zf.infolist()
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
                 raise UserError(f"{path}: not a readable zip archive ({exc})") from None
+            members = [info.filename for info in infos]
             for name in members:
                 check_zip_member(name, str(path))
+            for info in infos:
+                if is_image_name(info.filename) or info.filename == "dataset.json":
+                    check_zip_member_readable(info, str(path))
             self.names = sorted(n for n in members if is_image_name(n))
             self._members = set(members)
         else:
             self.names = list_folder_images(path)
 
     def read(self, name: str) -> bytes:
-        if self.is_zip:
+        if not self.is_zip:
+            return read_regular_file(self.path / name)
+        try:
             if self._zip is None:
                 self._zip = zipfile.ZipFile(self.path)
             return self._zip.read(name)
-        return (self.path / name).read_bytes()
+        except Exception as exc:  # untrusted bytes fail in many ways: bad CRC, bad deflate data, EOF, ...
+            raise UserError(
+                f"{self.path}: member {name} is damaged ({type(exc).__name__}: {exc}); repack the zip"
+            ) from None
 
     def has(self, name: str) -> bool:
         return name in self._members if self.is_zip else (self.path / name).is_file()
@@ -118,14 +188,22 @@ def open_image(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def decode(data: bytes, name: str, rgb: bool) -> np.ndarray:
-    """Encoded bytes -> uint8 array [C, H, W], C = 3 if `rgb` else 1."""
-    img = open_image(data, name)
+def convert_image(img: Image.Image, mode: str, name: str) -> Image.Image:
+    """The pixels of an opened image, decoded in `mode` ('L' or 'RGB'); 16 bits scale to 8."""
     try:
-        img = img.convert("RGB" if rgb else "L")
-        arr = np.asarray(img, dtype=np.uint8)
+        if img.mode in SIXTEEN_BIT_MODES:
+            sixteen = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(np.clip(np.rint(sixteen / 257), 0, 255).astype(np.uint8), mode="L")
+        img = img.convert(mode)
+        img.load()
     except Exception as exc:
         raise UserError(f"{name}: the image is corrupt ({type(exc).__name__}: {exc}); remove or replace it") from None
+    return img
+
+
+def decode(data: bytes, name: str, rgb: bool) -> np.ndarray:
+    """Encoded bytes -> uint8 array [C, H, W], C = 3 if `rgb` else 1."""
+    arr = np.asarray(convert_image(open_image(data, name), "RGB" if rgb else "L", name), dtype=np.uint8)
     return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
 
 
@@ -140,26 +218,65 @@ def load_labels(source: ImageSource, names: list[str]) -> np.ndarray | None:
     where = f"{source.path}/dataset.json"
     try:
         meta = json.loads(source.read("dataset.json"))
-    except (ValueError, OSError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise UserError(f"{where}: not valid JSON ({exc})") from None
     entries = meta.get("labels") if isinstance(meta, dict) else None
     if entries is None:
         return None
-    try:
-        table = {str(fname): label for fname, label in entries}
-    except (TypeError, ValueError):
-        raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs') from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entries
+    ):
+        raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs')
+    table = dict(entries)
     missing = [n for n in names if n not in table]
     if missing:
         raise UserError(f"{where}: no label for {missing[0]} ({len(missing)} images unlabelled)")
-    labels = np.array([table[n] for n in names])
-    if labels.dtype.kind not in "iuf":
-        raise UserError(f"{where}: labels must be integers (class ids) or lists of numbers")
-    if labels.ndim == 1 and labels.dtype.kind in "iu":
-        if labels.min() < 0:
-            raise UserError(f"{where}: class ids must be >= 0")
-        return labels.astype(np.int64)
-    return labels.astype(np.float32).reshape(len(names), -1)
+    return label_array([table[n] for n in names], where)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def label_array(labels: list, where: str) -> np.ndarray:
+    """Labels as read from dataset.json -> class ids int64 [N], or float32 vectors [N, D].
+
+    A label per image is a class id (a whole number; 2.0 is class 2, as the official loader casts
+    it) or a list of numbers, the same length for every image. Anything else is refused.
+    """
+    if all(_is_number(v) for v in labels):
+        for v in labels:
+            if isinstance(v, float) and not v.is_integer():  # also nan and inf
+                raise UserError(
+                    f"{where}: class id {v!r} is not a whole number; give class ids 0, 1, 2, ... "
+                    "(or a list of numbers per image for continuous labels)"
+                )
+            if not 0 <= v < MAX_CLASSES:
+                raise UserError(f"{where}: class id {v!r} is outside 0..{MAX_CLASSES - 1}; number the classes from 0")
+        return np.array([int(v) for v in labels], dtype=np.int64)
+    if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in labels):
+        raise UserError(
+            f"{where}: each label must be a class id (a whole number) or a list of numbers, "
+            "one kind for all images"
+        )
+    lengths = sorted({len(v) for v in labels})
+    if len(lengths) > 1:
+        raise UserError(f"{where}: label lists have different lengths ({lengths[0]} and {lengths[-1]}); "
+                        "give every image a list of the same length")
+    if not all(_is_finite(x) for v in labels for x in v):
+        raise UserError(f"{where}: labels hold NaN or infinite values")
+    with np.errstate(over="ignore"):
+        vectors = np.array(labels, dtype=np.float32).reshape(len(labels), -1)
+    if not np.isfinite(vectors).all():
+        raise UserError(f"{where}: labels hold values beyond the float32 range")
+    return vectors
 
 
 @dataclass
@@ -326,6 +443,8 @@ def open_dataset(
         if labels is None:
             raise UserError(f"--cond needs labels, but {spec} has no dataset.json with \"labels\"")
         c_dim = int(labels.max()) + 1 if labels.ndim == 1 else labels.shape[1]
+        if c_dim == 0:
+            raise UserError(f"--cond needs labels, but the labels in {spec}'s dataset.json are empty lists")
     channels = 3 if rgb else 1
     images = None
     if len(source.names) * channels * resolution**2 <= cache_bytes:
@@ -336,6 +455,16 @@ def open_dataset(
             decode(source.read(n), n, rgb)
     name = path.stem if source.is_zip else path.resolve().name
     return ImageDataset(source, source.names, rgb, resolution, labels, c_dim, mirror, name, images)
+
+
+def no_validation_reason(num_images: int, fraction: float) -> str:
+    """Why a run has no withheld images, in words that say what to change."""
+    if fraction == 0:
+        return "no validation split (--val=0)"
+    return (
+        f"no validation split: --val={fraction:g} of {num_images} images rounds to 0 images; "
+        "give a larger --val to measure r_v"
+    )
 
 
 def split_validation(

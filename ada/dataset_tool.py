@@ -4,6 +4,9 @@ Each image is centre-cropped to a square and resized to the requested resolution
 stored as `NNNNN/imgNNNNNNNN.png` (1000 per folder), the official dataset_tool layout.
 A `dataset.json` in the source folder, keyed by the source file names, carries over with the
 names rewritten.
+
+The destination is never the source, never inside a source folder, and an existing file is
+replaced only with `overwrite`; the zip is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ada.data import ImageSource, load_labels, open_image
+from ada.data import ImageSource, convert_image, load_labels, open_image
 from ada.errors import UserError
 from ada.files import atomic_write
 from ada.progress import progress
@@ -29,12 +32,27 @@ def centre_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
     return img.resize((resolution, resolution), Image.Resampling.LANCZOS)
 
 
-def convert(source: str, dest: str, resolution: int, channels: int | None = None) -> Path:
+def check_destination(source: Path, dest: Path, overwrite: bool) -> None:
+    """Refuse a destination that would destroy the source, or an existing file, unless asked."""
+    if dest.suffix.lower() != ".zip":
+        raise UserError(f"--dest={dest} must end in .zip")
+    src, out = source.resolve(), dest.resolve()
+    if out == src:
+        raise UserError(f"--dest={dest} is the source; write the zip to another file")
+    if source.is_dir() and out.is_relative_to(src):
+        raise UserError(f"--dest={dest} is inside the source folder {source}; write the zip outside it")
+    if dest.exists() and not overwrite:
+        raise UserError(f"--dest={dest} exists; give --overwrite to replace it, or choose another name")
+
+
+def convert(source: str, dest: str, resolution: int, channels: int | None = None, overwrite: bool = False) -> Path:
     if resolution < 4 or resolution > 1024 or resolution & (resolution - 1):
         raise UserError(f"--resolution={resolution} must be a power of two in 4..1024")
     src_path = Path(source).expanduser()
     if not src_path.exists():
         raise UserError(f"--source={source}: no such folder or zip")
+    dest_path = Path(dest).expanduser()
+    check_destination(src_path, dest_path, overwrite)
     src = ImageSource(src_path)
     if not src.names:
         raise UserError(f"--source={source}: no images found")
@@ -43,18 +61,12 @@ def convert(source: str, dest: str, resolution: int, channels: int | None = None
         channels = 3 if any(img.mode not in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 1
     labels = load_labels(src, src.names)
     out_names = [f"{i // 1000:05d}/img{i:08d}.png" for i in range(len(src.names))]
-    dest_path = Path(dest)
-    if dest_path.suffix.lower() != ".zip":
-        raise UserError(f"--dest={dest} must end in .zip")
 
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             items = list(zip(src.names, out_names, images, strict=True))
             for name, out_name, img in progress(items, desc="convert", unit="img"):
-                try:
-                    img = centre_crop_resize(img.convert("RGB" if channels == 3 else "L"), resolution)
-                except OSError as exc:
-                    raise UserError(f"{name}: the image is corrupt ({exc}); remove or replace it") from None
+                img = centre_crop_resize(convert_image(img, "RGB" if channels == 3 else "L", name), resolution)
                 buf = io.BytesIO()
                 img.save(buf, format="PNG")
                 zf.writestr(out_name, buf.getvalue())

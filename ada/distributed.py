@@ -18,6 +18,7 @@ within a few seconds, so a job never hangs on a dead rank.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -38,6 +39,8 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 # After one local rank fails, the others get this long to fail on their own (they usually do
 # at once, in their next collective) before SIGTERM, and as long again before SIGKILL.
 SHUTDOWN_GRACE_S = 5.0
+# What a rank exits with after a stop by SIGINT or SIGTERM (128 + signal, see launch.train).
+STOPPED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 @dataclass
@@ -195,6 +198,8 @@ def launch_local(nproc: int, fn: Callable[..., Any], args: tuple = ()) -> Any:
         while not context.join(grace_period=SHUTDOWN_GRACE_S):
             pass
     except mp.ProcessExitedException as exc:
+        if exc.exit_code in STOPPED_EXIT_CODES:  # rank 0 stopped on request, after its final snapshot
+            raise SystemExit(exc.exit_code) from None
         how = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
         raise UserError(
             f"rank {exc.error_index} of {nproc} failed ({how}; its message is above); the other ranks were stopped"

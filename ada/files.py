@@ -1,4 +1,5 @@
-"""Crash-safe file writing: a reader never sees a half-written file.
+"""Crash-safe file handling: a reader never sees a half-written file, nothing blocks on a pipe,
+and one process at a time trains in a run directory.
 
 Whole files are written to a temporary name in the same folder, flushed to disk, then
 renamed over the target (rename is atomic on POSIX). A failure leaves the previous version
@@ -7,14 +8,21 @@ in place and raises `UserError` saying which file could not be written and why.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from ada.errors import UserError
+
+# The lock file a training process holds in its run directory; it names the process.
+LOCK_NAME = ".lock"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,12 +48,29 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+def _creation_mode(path: Path) -> int:
+    """The mode a plain open(path, "w") would leave: an existing file keeps its own, a new one gets
+    0o666 less the umask (mkstemp's 0o600 would hide snapshots and grids from the user's group)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    # The umask can only be read by setting it; a strict value for that instant, then the old one back.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(f)` on a temporary file and move it to `path` only once it is complete on disk."""
+    """Call `write(f)` on a temporary file and move it to `path` only once it is complete on disk.
+
+    A `UserError` from `write` (a bad input found while writing) passes through as it is.
+    """
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _creation_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -53,6 +78,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(path.parent)
+    except UserError:
+        raise
     except Exception as exc:
         cause = _os_error(exc)
         if cause is None:
@@ -122,3 +149,88 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _json_record(line: bytes) -> dict[str, Any] | None:
+    """One complete JSON-object line, or None if it is torn or damaged."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def trim_jsonl(path: Path, keep: int) -> tuple[int, int]:
+    """Cut a JSON-lines log back to its first `keep` lines (those a snapshot counted).
+
+    A damaged line among them (a flipped bit, an editor's slip) is moved to PATH.corrupt, appended
+    to what is there, instead of taking every later line with it. Returns (lines kept, lines set aside).
+    """
+    *complete, torn = Path(path).read_bytes().split(b"\n")
+    lines = [line + b"\n" for line in complete] + ([torn] if torn else [])  # torn: a crash mid-append
+    kept, damaged = [], []
+    for line in lines[:keep]:
+        record = _json_record(line)
+        if record is None:
+            damaged.append(line if line.endswith(b"\n") else line + b"\n")
+        else:
+            kept.append(record)
+    if damaged:
+        corrupt = path.with_name(path.name + ".corrupt")
+        before = corrupt.read_bytes() if corrupt.is_file() else b""
+        atomic_write(corrupt, lambda f: f.write(before + b"".join(damaged)))
+    rewrite_jsonl(path, kept)
+    return len(kept), len(damaged)
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file. A FIFO, socket or device is refused without blocking on it."""
+    try:
+        # O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a regular file (a pipe, socket or device); remove it")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory while training in it.
+
+    An OS lock (flock) on RUN_DIR/.lock, which holds the PID of its owner: the OS releases it when
+    the process ends, however it ends, so a killed run never leaves a stale lock. A second process
+    gets a `UserError` naming the first. On a file system without locks the run goes on unlocked.
+    """
+    lock_path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot create its lock file ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{run_dir} is in use: process {holder} is training in it; wait for it to end or stop it "
+                "(two runs in one directory would mix their logs and snapshots)"
+            ) from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: some network file systems
+            print(f"warning: cannot lock {run_dir} ({exc.strerror}); run one process in it at a time",
+                  file=sys.stderr)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

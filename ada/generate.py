@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import torch
 
 from ada.checkpoint import load_generator
 from ada.errors import UserError
-from ada.images import save_grid, save_png, to_uint8
+from ada.images import save_png, tile, to_uint8
 
 # np.random.RandomState, which turns a seed into z as the official generate.py does, takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
+# Seeds per call: every image is also kept for the grid (3 MB each at 1024 px).
+MAX_SEEDS = 1000
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -29,6 +32,11 @@ def parse_seeds(text: str) -> list[int]:
             raise UserError(f"--seeds: the range {part} is empty")
         if hi > MAX_SEED:
             raise UserError(f"--seeds: {hi} is outside 0..{MAX_SEED}, the seeds numpy's RandomState takes")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise UserError(
+                f"--seeds={text} selects more than {MAX_SEEDS} seeds; generate them in several calls "
+                f"(e.g. --seeds {lo}-{lo + MAX_SEEDS - 1}, then the next range)"
+            )
         seeds.extend(range(lo, hi + 1))
     return seeds
 
@@ -57,6 +65,8 @@ def generate(
     network: str, seeds: str, truncation_psi: float, class_idx: int | None, noise_mode: str, outdir: str
 ) -> list[Path]:
     seed_list = parse_seeds(seeds)
+    if not math.isfinite(truncation_psi):
+        raise UserError(f"--trunc={truncation_psi} must be a finite number (1 means no truncation)")
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)
     c = class_vector(G, class_idx)
@@ -70,13 +80,12 @@ def generate(
     for seed in seed_list:
         z = seed_to_z(seed, G.z_dim).to(device, torch.float32)
         img = G(z, None if c is None else c.to(device), truncation_psi=truncation_psi, noise_mode=noise_mode)
-        images.append(img.cpu())
+        images.append(to_uint8(img)[0])
         path = out / f"seed{seed:04d}.png"
-        save_png(to_uint8(img)[0], path)
+        save_png(images[-1], path)
         paths.append(path)
-    batch = torch.cat(images)
     gw = int(np.ceil(np.sqrt(len(seed_list))))
-    save_grid(batch, out / "grid.png", gw, int(np.ceil(len(seed_list) / gw)))
+    save_png(tile(np.stack(images), gw, int(np.ceil(len(seed_list) / gw))), out / "grid.png")
     print(f"Wrote {len(paths)} images and grid.png to {out}")
     return paths
 

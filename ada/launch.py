@@ -5,6 +5,7 @@ run directory and devices, and start the process(es).
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ada.config import TrainConfig
 from ada.data import open_dataset, split_validation, take_subset
 from ada.distributed import DistContext
 from ada.errors import UserError
+from ada.files import run_dir_lock
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Any]:
@@ -64,6 +66,9 @@ def describe(cfg: TrainConfig, dataset: Any, train_set: Any, val_set: Any) -> st
 def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path | None:
     """The `ada train` command: returns the run directory (None for a dry run, and on ranks other than 0).
 
+    A run stopped early by SIGTERM or SIGINT ends, after its final snapshot, in SystemExit(128 + signal),
+    the shell's code for death by that signal, so a scheduler can tell preemption from completion.
+
     Three ways to start: one process; `--gpus N`, which spawns N local ranks that each come back
     here; or torchrun (one machine or several), whose variables make this process one rank of
     the job. `--batch` is the global batch in all three; each rank takes batch / world_size.
@@ -99,8 +104,13 @@ def train(preset: str, overrides: dict[str, Any], dry_run: bool = False) -> Path
     if dist.rank == 0:
         run_dir = run_dir_for(cfg, dataset.name, trainer.transfer)
         print(f"Run directory: {run_dir}")
-    trainer.run(run_dir)
+    # One process at a time in a run directory: a second resume of it would interleave its log.
+    with run_dir_lock(run_dir) if run_dir is not None else nullcontext():
+        trainer.run(run_dir)
     distributed.shutdown()
+    # Rank 0 alone, as it writes last: a rank's non-zero exit makes torchrun stop the others.
+    if trainer.stop_signal is not None and dist.rank == 0:
+        raise SystemExit(128 + trainer.stop_signal)
     return run_dir
 
 

@@ -51,6 +51,8 @@ class FullyConnectedLayer(nn.Module):
         bias_init: float = 0.0,
     ):
         super().__init__()
+        if activation not in ("linear", "lrelu"):  # forward would otherwise treat any other name as linear
+            raise ValueError(f"unknown activation {activation!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ada.checkpoint import planned_state
 from ada.errors import UserError
 from ada.networks import Discriminator, Generator
 
@@ -109,7 +110,7 @@ def _load_storage_from_bytes(data):
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RefusedPickle(f"a storage record could not be read safely: {e}") from e
+        raise RefusedPickle(f"a storage record could not be read safely ({_first_line(e)})") from e
     if not isinstance(storage, torch.storage.TypedStorage):
         raise RefusedPickle(f"a storage record holds a {type(storage).__name__}, not a tensor storage")
     return storage
@@ -197,8 +198,13 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class OfficialUnpickler(pickle.Unpickler):
-    """Resolves only ALLOWED_GLOBALS; any other global refuses the whole pickle before it is used."""
+class OfficialUnpickler(pickle._Unpickler):
+    """Resolves only ALLOWED_GLOBALS; any other global refuses the whole pickle before it is used.
+
+    Built on pickle's pure-Python unpickler: its memo is a dict, where the C unpickler's is an array
+    that a damaged index (LONG_BINPUT 740835074) grows to gigabytes before anything fails. Network
+    pickles hold few opcodes (their tensors are large byte strings), so it is as fast here.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         target = ALLOWED_GLOBALS.get((module, name))
@@ -237,7 +243,7 @@ def read_official_pickle(path: str | Path) -> Any:
     except RefusedPickle as e:
         raise UserError(f"refused to load {path}: {e}") from e
     except Exception as e:  # untrusted bytes fail in many ways (EOFError, ValueError, KeyError, ...)
-        raise UserError(f"{path} is not a readable network pickle ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path} is not a readable network pickle ({type(e).__name__}: {_first_line(e)})") from e
 
 
 # ---- from records to our networks ----
@@ -323,11 +329,13 @@ def build_network(key: str, record: ModuleRecord, cls: type[nn.Module], report: 
         raise UserError(f"official {key} is a {record.class_name}; expected a {cls.__name__}")
     try:
         bound = inspect.signature(cls).bind(*record.init_args, **record.init_kwargs)
+        # Checked without allocating first: a damaged pickle may ask for a 70 TB layer.
+        planned_state(cls, bound.arguments)
         net = cls(*bound.args, **bound.kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(
             f"official {key} was built with arguments our {cls.__name__} does not support "
-            f"({record.init_args} {record.init_kwargs}): {e}"
+            f"({_short(record.init_args)} {_short(record.init_kwargs)}): {e}"
         ) from e
     state, dropped = match_state(key, record.state_dict(), net)
     net.load_state_dict(state, strict=True)
@@ -384,6 +392,18 @@ def match_state(
     if problems:
         raise UserError(f"official {key} does not match our {type(net).__name__}: " + "; ".join(problems))
     return {n: official[n] for n in ours}, dropped
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line for ours: torch's own run over several."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    """A damaged record may hold huge values: its text, cut to keep the message one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _some(names: list[str]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -33,11 +34,11 @@ import torch
 from ada import checkpoint as ckpt_io
 from ada.config import TrainConfig
 from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController, r_v
-from ada.data import DatasetInfo, ImageDataset, infinite_loader
+from ada.data import DatasetInfo, ImageDataset, infinite_loader, no_validation_reason
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
-from ada.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
+from ada.files import append_jsonl, atomic_write_text, remove_stale_temporaries, trim_jsonl
 from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.loss_scaler import LossScaler
@@ -227,16 +228,23 @@ def run_description(cfg: TrainConfig, data_name: str) -> str:
 
 
 def make_run_dir(outdir: Path, desc: str) -> Path:
-    """outdir/NNNNN-desc with the next free number."""
+    """outdir/NNNNN-desc with the next free number.
+
+    Processes started together may pick the same number: the one whose mkdir loses takes the next.
+    """
     try:
         outdir.mkdir(parents=True, exist_ok=True)
+        while True:
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+            ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
+            run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
     except OSError as exc:
-        raise UserError(f"--outdir={outdir}: cannot create it ({exc.strerror})") from None
-    ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
-    run_id = max(ids, default=-1) + 1
-    run_dir = outdir / f"{run_id:05d}-{desc}"
-    run_dir.mkdir()
-    return run_dir
+        raise UserError(f"--outdir={outdir}: cannot create a run directory in it ({exc.strerror})") from None
 
 
 class StopRequested:
@@ -244,6 +252,7 @@ class StopRequested:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -261,6 +270,7 @@ class StopRequested:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
 
 class Trainer:
@@ -289,6 +299,8 @@ class Trainer:
         self.bad_streak: dict[str, int] = {}
         self.said_once: set[str] = set()
         self.last_snapshot: Path | None = None
+        # The signal that stopped the run early (another rank's stop counts as SIGTERM); None if it finished.
+        self.stop_signal: int | None = None
 
         # Latents and labels are drawn for the global batch from a generator every rank shares, and each
         # rank takes its slice: N processes see the same latents as one process with the whole batch.
@@ -446,8 +458,11 @@ class Trainer:
                 f"{path} was trained with --freezed={saved_freezed}; resume it with the same value "
                 "(or fine-tune from it on other data)"
             )
-        load_optimizer_state(self.phases[0].opt, state["opt_G"])
-        load_optimizer_state(next(p for p in self.phases if p.name == "Dmain").opt, state["opt_D"])
+        opt_G, opt_D = self.phases[0].opt, next(p for p in self.phases if p.name == "Dmain").opt
+        ckpt_io.check_optimizer_state(path, state["opt_G"], opt_G, "opt_G")
+        ckpt_io.check_optimizer_state(path, state["opt_D"], opt_D, "opt_D")
+        load_optimizer_state(opt_G, state["opt_G"])
+        load_optimizer_state(opt_D, state["opt_D"])
         self.controller.load_state_dict(state["controller"])
         self.loss.pl_mean.copy_(state["pl_mean"])
         for phase in self.phases:
@@ -602,7 +617,7 @@ class Trainer:
         Runs on its own random streams, so how often it runs does not change the training trajectory.
         """
         if self.val_set is None:
-            self.say("no validation split (--val=0): r_v is not measured")
+            self.say(f"{no_validation_reason(len(self.eval_set.names), self.cfg.val)}: r_v is not measured")
             return {"logit_train": None, "logit_val": None, "logit_gen": None, "r_v": None}
         group = max(min(self.cfg.model.mbstd_group, self.batch_gpu), 1)
         n = min(RV_BATCH, len(self.val_set.names), len(self.train_set.names))
@@ -684,6 +699,7 @@ class Trainer:
                 if done:
                     break
             if stopping:
+                self.stop_signal = stop.signum or signal.SIGTERM
                 self.log("Stopped on request; final snapshot written.")
             exit_code = 0
         finally:
@@ -704,13 +720,14 @@ class Trainer:
         atomic_write_text(run_dir / "training_options.json", json.dumps(self.cfg.to_dict(), indent=2))
         remove_stale_temporaries(run_dir)
         stats = run_dir / "stats.jsonl"
-        kept: list[dict[str, Any]] = []
+        kept = 0
         if stats.exists():
             # After a crash the log may hold ticks past the snapshot we resume from: drop them.
-            kept = read_jsonl(stats)[: self.progress.stats_lines]
-            rewrite_jsonl(stats, kept)
+            kept, damaged = trim_jsonl(stats, self.progress.stats_lines)
+            if damaged:
+                self.say(f"{damaged} damaged line(s) of {stats} set aside in {stats.name}.corrupt")
         # Counts lines of this directory's file: a run resumed into a new directory starts it empty.
-        self.progress.stats_lines = len(kept)
+        self.progress.stats_lines = kept
         self.grid_z = None
         res = self.train_set.resolution
         gw, gh = grid_shape(res, len(self.train_set))

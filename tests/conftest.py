@@ -51,3 +51,26 @@ def official_names(monkeypatch):
     from tests._official_fixture import install_official_names
 
     return install_official_names(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A complete checkpoint of our format for a tiny 8 px network after one step: quick to load, copy
+    and damage. Named as a snapshot, alone in its folder."""
+    from ada.distributed import DistContext
+    from ada.launch import resolve_config, split_dataset
+    from ada.training import TickStats, Trainer
+
+    folder = tmp_path_factory.mktemp("small-checkpoint")
+    write_images(folder / "data", 8, 8)
+    model = {"z_dim": 8, "w_dim": 8, "channel_base": 64, "channel_max": 16}
+    cfg, dataset = resolve_config(
+        "tiny", {"data": str(folder / "data"), "aug": {"mode": "noaug"}, "batch": 4, "model": model, "val": 0.0}
+    )
+    train_set, val_set = split_dataset(cfg, dataset)
+    trainer = Trainer(cfg, train_set, val_set, DistContext(), log=lambda message: None)
+    trainer.train_step(TickStats())  # Adam moments and counters that are not zero
+    path = folder / "run" / "network-snapshot-000000.pt"
+    path.parent.mkdir()
+    trainer.save_snapshot(path)
+    return path

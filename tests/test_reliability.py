@@ -1,7 +1,9 @@
 """Long runs survive and bad input is refused.
 
 A killed run loses at most the work since its last snapshot and continues exactly where that
-snapshot left off; SIGTERM and Ctrl-C end with a final snapshot; non-finite steps are skipped
+snapshot left off, keeping every intact line of its log; one process at a time trains in a run
+directory; SIGTERM and Ctrl-C end with a final snapshot and exit 128 + signal; files get the
+mode the umask gives; non-finite steps are skipped
 and, if they persist, stop the run with the last good snapshot intact; a failed write keeps the
 previous snapshot and says so; checkpoints never run code; bad datasets are refused through the
 command line; the same seed gives the same steps, bit for bit.
@@ -19,6 +21,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -35,6 +38,7 @@ import ada.loss
 import ada.training
 from ada.checkpoint import FORMAT, VERSION, load_checkpoint, load_generator
 from ada.cli import main
+from ada.dataset_tool import convert
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.files import append_jsonl, read_jsonl
@@ -215,7 +219,7 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
         proc.kill()
         proc.wait()
     output = log.read_text()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 128 + signal.SIGTERM, output  # not 0: a scheduler must tell preemption from completion
     assert "Stopped on request; final snapshot written." in output
     run = only_run(outdir)
     snap = load_checkpoint(run / SNAPSHOT)
@@ -248,10 +252,109 @@ def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
     # The interrupt came at the end of the first tick: one more step, then the final snapshot.
     assert snap["progress"]["cur_nimg"] == TOTAL_NIMG + 2 * STEP_NIMG
     assert messages[-1] == "Stopped on request; final snapshot written."
+    assert trainer.stop_signal == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
     # The snapshot counts the lines of this directory's stats file, so a resume from here trims right.
     stats = assert_stats_clean(tmp_path / "stats.jsonl", 0.028, first_tick=5)
     assert snap["progress"]["stats_lines"] == len(stats) == 2
+
+
+def test_ctrl_c_through_the_command_line_exits_130_after_the_final_snapshot(tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self, tick_stats):
+        real_step(self, tick_stats)
+        if self.progress.batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    with pytest.raises(SystemExit) as exc_info:
+        train(tmp_path / "runs", "--kimg", "1")
+    assert exc_info.value.code == 128 + signal.SIGINT
+    run = only_run(tmp_path / "runs")
+    assert load_checkpoint(run / SNAPSHOT)["progress"]["cur_nimg"] == 2 * STEP_NIMG
+
+
+def test_a_damaged_stats_line_is_set_aside_and_every_later_line_kept(reference, tmp_path):
+    ref_run, _ = reference
+    run = tmp_path / "runs" / ref_run.name
+    shutil.copytree(ref_run, run)
+    lines = (run / "stats.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 5
+    damaged = b'{"tick": 1, "kimg": 0.\x00\x17\xff garbage\n'
+    (run / "stats.jsonl").write_bytes(lines[0] + damaged + b"".join(lines[2:]))
+
+    main(["train", *RUN, "--kimg", str((TOTAL_NIMG + STEP_NIMG) / 1000), "--outdir", str(run.parent),
+          "--resume", str(run)])
+
+    stats = read_jsonl(run / "stats.jsonl")
+    assert [r["tick"] for r in stats] == [0, 2, 3, 4, 5]
+    assert stats[:4] == [json.loads(line) for line in (lines[0], *lines[2:])]
+    assert (run / "stats.jsonl.corrupt").read_bytes() == damaged
+    assert "1 damaged line(s) of" in (run / "log.txt").read_text()
+    # The snapshot counts the kept lines: a later resume trims to them and nothing else.
+    assert load_checkpoint(run / SNAPSHOT)["progress"]["stats_lines"] == 5
+
+
+def test_one_process_at_a_time_trains_in_a_run_directory(reference, tmp_path, capsys):
+    """A second resume of a run directory that is training refuses, naming the process that holds it;
+    the lock goes with that process, however it ends (here SIGKILL)."""
+    ref_run, _ = reference
+    run = tmp_path / "runs" / ref_run.name
+    shutil.copytree(ref_run, run)
+    log = tmp_path / "first.log"
+    first = start_cli(["train", *RUN, "--kimg", "1", "--outdir", str(run.parent), "--resume", str(run)], log)
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_jsonl(run / "stats.jsonl")) <= 5:  # past the reference's 5 ticks: training, locked
+            assert first.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with pytest.raises(SystemExit) as exc_info:
+            main(["train", *RUN, "--kimg", TOTAL_KIMG, "--outdir", str(run.parent), "--resume", str(run)])
+        assert_clean_exit(exc_info, capsys, str(run), f"process {first.pid} is training in it")
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    end_kimg = (load_checkpoint(run / SNAPSHOT)["progress"]["cur_nimg"] + STEP_NIMG) / 1000
+    main(["train", *RUN, "--kimg", str(end_kimg), "--outdir", str(run.parent), "--resume", str(run)])
+    assert only_run(run.parent) == run
+    assert_stats_clean(run / "stats.jsonl", end_kimg)
+
+
+def test_runs_started_together_take_the_next_free_number(tmp_path, monkeypatch):
+    outdir = tmp_path / "runs"
+    outdir.mkdir()
+    taken = outdir / "00000-desc"
+    real_iterdir = Path.iterdir
+
+    def list_then_lose_the_race(self):
+        entries = list(real_iterdir(self))
+        if self == outdir and not taken.exists():
+            taken.mkdir()  # another process took the number just after this one listed the folder
+        return iter(entries)
+
+    monkeypatch.setattr(Path, "iterdir", list_then_lose_the_race)
+    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00001-desc"
+
+
+def test_written_files_get_the_mode_the_umask_gives(tmp_path):
+    """As a plain open() would: snapshots, grids, options, zips and generated images alike, and the
+    stats log rewritten by a resume."""
+    old_umask = os.umask(0o027)
+    try:
+        run = train(tmp_path / "runs", "--kimg", "0.008")
+        main(["train", *RUN, "--kimg", "0.012", "--outdir", str(tmp_path / "runs"), "--resume", str(run)])
+        main(["generate", "--network", str(run), "--seeds", "0-1", "--outdir", str(tmp_path / "gen")])
+        write_images(tmp_path / "src", 2, 16)
+        convert(str(tmp_path / "src"), str(tmp_path / "data.zip"), 16)
+    finally:
+        os.umask(old_umask)
+    written = [*run.iterdir(), *(tmp_path / "gen").iterdir(), tmp_path / "data.zip"]
+    assert {"stats.jsonl", SNAPSHOT, "reals.png", "training_options.json", "seed0001.png"} <= {p.name for p in written}
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert set(modes.values()) == {oct(0o640)}, modes
 
 
 # ----- non-finite losses -----
