@@ -23,11 +23,33 @@ from ada.networks import Discriminator, Generator
 
 FORMAT = "ada-gan-checkpoint"
 VERSION = 1
-SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)\.pt$")
+SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)(_\d{3})?\.pt$")
 
 
-def snapshot_name(kimg: float) -> str:
-    return f"network-snapshot-{int(kimg):06d}.pt"
+def snapshot_tag(run_dir: Path, nimg: int) -> str:
+    """How the snapshot (and sample grid) at `nimg` images is named in `run_dir`.
+
+    The official form, the whole kimg reached ('000004' for 4.032 kimg), unless a snapshot of this
+    run already has it: then the images beyond it too ('000000_048' for 0.048 kimg), as with ticks
+    shorter than 1 kimg. Later snapshots of a run always hold more images, so no name is reused and
+    the names sort in training order.
+    """
+    official = f"{nimg // 1000:06d}"
+    if not (run_dir / f"network-snapshot-{official}.pt").exists():
+        return official
+    return f"{official}_{nimg % 1000:03d}"
+
+
+def recorded_nimg(path: Path) -> int:
+    """The images a snapshot had trained on, read without loading its tensors (they are memory-mapped)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["progress"]["cur_nimg"])
+    except Exception as exc:  # any damage: a cut zip, a foreign file, a missing key
+        raise UserError(
+            f"{path}: cannot read the progress it recorded ({_first_line(exc)}); move it aside to resume "
+            "from the snapshot before it"
+        ) from None
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -37,8 +59,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def latest_snapshot(run_dir: Path) -> Path | None:
-    snaps = sorted(p for p in run_dir.iterdir() if SNAPSHOT_PATTERN.match(p.name))
-    return snaps[-1] if snaps else None
+    """The snapshot in `run_dir` that had trained on the most images (by its recorded progress)."""
+    snaps = [p for p in run_dir.iterdir() if SNAPSHOT_PATTERN.match(p.name)]
+    return max(snaps, key=recorded_nimg) if snaps else None
 
 
 def resolve_checkpoint_path(spec: str) -> Path:
@@ -59,12 +82,31 @@ def is_our_checkpoint(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _check_torch_archive(path: Path) -> None:
+    """A zip that torch.save did not write (a dataset zip, say) is named as such, not by PyTorch's reader."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # torch.load reports what is wrong with it
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in members):
+        raise UserError(
+            f"{path} is a zip archive but not a checkpoint (a dataset zip?); give a network-snapshot-*.pt, "
+            "a run directory or an official network pickle (.pkl)"
+        )
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    _check_torch_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an ada-gan checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("version") != VERSION:
