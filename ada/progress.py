@@ -30,6 +30,7 @@ def progress(
     unit: str = "it",
     enabled: bool | None = None,
     file: IO[str] | None = None,
+    bar_format: str | None = None,
 ) -> tqdm:
     """A tqdm bar over ``iterable`` (or a manual one, driven with ``.update(n)``, when it is None).
 
@@ -50,6 +51,7 @@ def progress(
         disable=not enabled,
         dynamic_ncols=True,
         leave=False,
+        bar_format=bar_format,
     )
 
 
@@ -120,6 +122,7 @@ class TickBar:
         self.enabled = enabled
         self.file = file
         self._bar: tqdm | None = None
+        self._tick = 0
         self._start_nimg = 0
         self._end_nimg = 0
         self._start_time = 0.0
@@ -127,10 +130,10 @@ class TickBar:
     def start(self, tick: int, start_nimg: int, end_nimg: int) -> None:
         self.close()
         bar = progress(total=max(end_nimg - start_nimg, 1), desc=f"tick {tick}", unit="img",
-                       enabled=self.enabled, file=self.file)
+                       enabled=self.enabled, file=self.file, bar_format="{desc}  {percentage:3.0f}%|{bar}|")
         if bar.disable:
             return
-        bar.bar_format = "{desc} {percentage:3.0f}%|{bar}| {postfix}"
+        self._tick = tick
         self._bar, self._start_nimg, self._end_nimg = bar, start_nimg, end_nimg
         self._start_time = time.monotonic()
         self._describe(start_nimg)
@@ -140,7 +143,7 @@ class TickBar:
         elapsed = time.monotonic() - self._start_time
         done = cur_nimg - self._start_nimg
         rate = done / elapsed if done and elapsed > 0 else None
-        parts = [f"kimg {cur_nimg / 1000:.3f}/{self.total_nimg / 1000:g}"]
+        parts = [f"tick {self._tick}", f"kimg {cur_nimg / 1000:.3f}/{self.total_nimg / 1000:g}"]
         if rate is None:
             parts.append("-- img/s")
         else:
@@ -149,7 +152,7 @@ class TickBar:
                 f"tick ETA {format_duration(max(self._end_nimg - cur_nimg, 0) / rate)}",
                 f"end ETA {format_duration(max(self.total_nimg - cur_nimg, 0) / rate)}",
             ]
-        self._bar.set_postfix_str("  ".join(parts), refresh=False)
+        self._bar.set_description_str("  ".join(parts), refresh=False)
 
     def update(self, cur_nimg: int) -> None:
         if self._bar is None:

@@ -367,8 +367,8 @@ class Trainer:
             same_data = state["dataset"].get("fingerprint") == info.fingerprint
             if not same_data and Path(spec).is_dir():
                 raise UserError(
-                    f"--data={self.cfg.data} no longer holds the images the run in {spec} was trained on; "
-                    f"to train on them, fine-tune into a new run: --resume={path}"
+                    f"--data={self.cfg.data} no longer holds the images the run in {spec} was trained on (they "
+                    f"changed); to train on them as they are, fine-tune into a new run: --resume={path}"
                 )
             source = ResumeSource(
                 path, state["G_kwargs"], state["D_kwargs"], state["G"], state["D"], state["G_ema"],
@@ -403,7 +403,8 @@ class Trainer:
         if convert:
             fix = f"convert the data with `ada dataset --source DATA --dest out.zip {' '.join(convert)}`"
         else:
-            fix = f"train with{'out' if c_dim == 0 else ''} --cond=1 on data with {c_dim} classes"
+            fix = "leave --cond out (the network is unconditional)" if c_dim == 0 else (
+                f"give --cond=1 with labels of {c_dim} classes")
         raise UserError(
             f"{path} was trained on {resolution}x{resolution}x{channels} images with {c_dim} classes, but "
             f"--data is {info.resolution}x{info.resolution}x{info.channels} with {info.c_dim} classes; "
@@ -439,9 +440,8 @@ class Trainer:
         if a.ada_kimg is None:
             # Resolved here, where it is known whether this is a transfer run: the record shows the value used.
             a.ada_kimg = ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG
-        ada_kimg = a.ada_kimg
         return AdaController(
-            target=a.target, interval=a.ada_interval, ada_kimg=ada_kimg, p=a.p, p_max=a.p_max,
+            target=a.target, interval=a.ada_interval, ada_kimg=a.ada_kimg, p=a.p, p_max=a.p_max,
             heuristic=a.heuristic, adjust=a.mode == "ada", start_kimg=a.ada_start_kimg,
         )
 
