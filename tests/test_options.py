@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ada import builtin, config
-from ada.cli import train_command
+from ada.cli import main, train_command
 from augment import PRESETS as AUGPIPE_PRESETS
 from tests.conftest import REPO
 
@@ -39,6 +39,16 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """train.py's entry point in this process (for the many one-line refusals): exit 1, one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args), prog_name="train.py", command=train_command)
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
 
@@ -127,8 +137,8 @@ def test_set_reaches_fields_without_a_flag_and_types_them():
         (["--set", "optim.lr=-1"], "optim.lr=-1.0 must be positive"),
     ],
 )
-def test_bad_set_is_one_line(tmp_path, args, pattern):
-    line = one_error_line(cli(*TINY, "--outdir", str(tmp_path / "runs"), *args))
+def test_bad_set_is_one_line(tmp_path, capsys, args, pattern):
+    line = cli_error(capsys, *TINY, "--outdir", str(tmp_path / "runs"), *args)
     assert pattern in line, line
     assert not (tmp_path / "runs").exists()
 
@@ -164,14 +174,14 @@ def test_cfg_takes_a_yaml_file_checked_like_the_presets(tmp_path):
         ("batch: 0\n", "--batch=0 must be at least 1"),
     ],
 )
-def test_bad_yaml_preset_is_one_line(tmp_path, text, pattern):
+def test_bad_yaml_preset_is_one_line(tmp_path, capsys, text, pattern):
     (tmp_path / "bad.yaml").write_text(text)
-    line = one_error_line(cli("--cfg", str(tmp_path / "bad.yaml"), "--data", "lfw-faces16", "-n"))
+    line = cli_error(capsys, "--cfg", str(tmp_path / "bad.yaml"), "--data", "lfw-faces16", "-n")
     assert pattern in line, line
 
 
-def test_cfg_path_that_does_not_exist_names_the_presets(tmp_path):
-    line = one_error_line(cli("--cfg", str(tmp_path / "nope.yaml"), "--data", "lfw-faces16"))
+def test_cfg_path_that_does_not_exist_names_the_presets(tmp_path, capsys):
+    line = cli_error(capsys, "--cfg", str(tmp_path / "nope.yaml"), "--data", "lfw-faces16")
     assert "no such file" in line and "tiny" in line and "cpu" in line
 
 

@@ -114,7 +114,7 @@ def test_a_run_ends_with_a_summary_whose_commands_work(finished, tmp_path):
 # ----- continuing a run from its directory -----
 
 
-def test_resume_run_dir_alone_continues_with_the_stored_options(finished, tmp_path):
+def test_resume_run_dir_alone_continues_with_the_stored_options(finished, tmp_path, capsys):
     run = tmp_path / "runs" / finished[0].name
     shutil.copytree(finished[0], run)
     before = json.loads((run / "training_options.json").read_text())
@@ -132,7 +132,9 @@ def test_resume_run_dir_alone_continues_with_the_stored_options(finished, tmp_pa
     assert recorded_nimg(latest_snapshot(run)) == 16
     assert "Finished at 0.016 kimg of 0.016 (0.008 kimg trained in" in result.stdout
     # Finished again: continuing needs a larger --kimg, and says so.
-    line = one_error_line(cli("--resume", str(run), cwd=tmp_path))
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(run)])
+    line = capsys.readouterr().err.strip()
     assert "is at 0.016 kimg, which --kimg=0.016 already reaches" in line and "--kimg=0.032" in line
 
 
@@ -176,37 +178,43 @@ def test_resume_run_dir_refuses_another_outdir(finished, tmp_path, capsys):
 # ----- the dry run -----
 
 
-def test_dry_run_prints_the_values_the_run_would_use(finished, tmp_path):
-    result = cli(*RUN, "--kimg", "0.008", "-n", "--val", "0.01", "--outdir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    options = json.loads(result.stdout[result.stdout.index("{\n"): result.stdout.index("\n}\n") + 2])
+def test_dry_run_prints_the_values_the_run_would_use(finished, tmp_path, capsys):
+    main(["train", *RUN, "--kimg", "0.008", "-n", "--val", "0.01", "--outdir", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    options = json.loads(out[out.index("{\n"): out.index("\n}\n") + 2])
     assert "dry_run" not in options
     assert options["aug"]["ada_kimg"] == 500.0 and options["batch_gpu"] == 4
-    assert "Validation:   1 image withheld for r_v" in result.stdout
-    assert "Networks:     G " in result.stdout and not (tmp_path / "runs").exists()
+    assert "Validation:   1 image withheld for r_v" in out
+    assert "Networks:     G " in out and not (tmp_path / "runs").exists()
     # Fine-tuning on other data: the faster ADA reaction of transfer runs is what the run would use.
     other = tmp_path / "other"
     write_images(other, 8, 16)
-    result = cli("--cfg", "tiny", "--data", str(other), "--resume", str(latest_snapshot(finished[0])), "-n",
-                 "--outdir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert '"ada_kimg": 100.0' in result.stdout and "Fine-tuning from" in result.stdout
+    main(["train", "--cfg", "tiny", "--data", str(other), "--resume", str(latest_snapshot(finished[0])), "-n",
+          "--outdir", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert '"ada_kimg": 100.0' in out and "Fine-tuning from" in out
     assert not (tmp_path / "runs").exists()
 
 
-def test_dry_run_checks_the_resume_checkpoint_and_the_networks(finished, tmp_path):
+def test_dry_run_checks_the_resume_checkpoint_and_the_networks(finished, tmp_path, capsys):
     dataset_zip = tmp_path / "faces.zip"
     with zipfile.ZipFile(dataset_zip, "w") as archive:
         archive.writestr("00000/img00000000.png", b"not really")
-    start = [*RUN, "-n", "--outdir", str(tmp_path / "runs")]
-    line = one_error_line(cli(*start, "--resume", str(tmp_path / "missing.pt"), cwd=tmp_path))
-    assert "missing.pt: no such checkpoint file or run directory" in line
-    line = one_error_line(cli(*start, "--resume", str(dataset_zip), cwd=tmp_path))
+    start = ["train", *RUN, "-n", "--outdir", str(tmp_path / "runs")]
+
+    def error(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert exit_info.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    assert "missing.pt: no such checkpoint file or run directory" in error(
+        *start, "--resume", str(tmp_path / "missing.pt"))
+    line = error(*start, "--resume", str(dataset_zip))
     assert "faces.zip is a zip archive but not a checkpoint" in line and "PytorchStreamReader" not in line
-    line = one_error_line(cli(*start, "--freezed", "99", cwd=tmp_path))
-    assert "--freezed=99 exceeds the discriminator's" in line
-    line = one_error_line(cli("--resume", str(finished[0]), "-n", cwd=tmp_path))
-    assert "already reaches" in line
+    assert "--freezed=99 exceeds the discriminator's" in error(*start, "--freezed", "99")
+    assert "already reaches" in error("train", "--resume", str(finished[0]), "-n")
     assert not (tmp_path / "runs").exists()
 
 
