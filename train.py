@@ -5,7 +5,7 @@ The same as `ada train`; see `python train.py --help`.
 
 import sys
 
-from ada.cli import main
+from ada.cli import main, train_command
 
 if __name__ == "__main__":
-    main(["train", *sys.argv[1:]], prog_name="train.py")
+    main(sys.argv[1:], prog_name="train.py", command=train_command)

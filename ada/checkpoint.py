@@ -17,6 +17,7 @@ import itertools
 import math
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ada.networks import Discriminator, Generator
 
 FORMAT = "ada-gan-checkpoint"
 VERSION = 1
-SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)\.pt$")
+SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)(_\d{3})?\.pt$")
 # The most values (parameters and buffers) a network from a file may have: about ten times the
 # official 1024 px generator (30 M). More is damage, and building it could take terabytes.
 MAX_NETWORK_VALUES = 2**28
@@ -42,8 +43,38 @@ _FIELDS = {
 }
 
 
-def snapshot_name(kimg: float) -> str:
-    return f"network-snapshot-{int(kimg):06d}.pt"
+def snapshot_tag(run_dir: Path, nimg: int) -> str:
+    """How the snapshot (and sample grid) at `nimg` images is named in `run_dir`.
+
+    The official form, the whole kimg reached ('000004' for 4.032 kimg), unless a snapshot of this
+    run already has it: then the images beyond it too ('000000_048' for 0.048 kimg), as with ticks
+    shorter than 1 kimg. Later snapshots of a run always hold more images, so no name is reused and
+    the names sort in training order.
+    """
+    official = f"{nimg // 1000:06d}"
+    if not (run_dir / f"network-snapshot-{official}.pt").exists():
+        return official
+    return f"{official}_{nimg % 1000:03d}"
+
+
+def snapshot_order(path: Path) -> tuple[int, int]:
+    """Where a snapshot's name puts it in its run: whole kimg, then the images beyond it ('000004' was
+    written before '000004_512'). The names of one run sort in training order (`snapshot_tag`)."""
+    match = SNAPSHOT_PATTERN.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not a snapshot name")
+    return int(match[1]), int(match[2][1:]) if match[2] else -1
+
+
+def recorded_nimg(path: Path) -> int:
+    """The images a snapshot had trained on, read without loading its tensors (they are memory-mapped)."""
+    if not path.is_file():  # a FIFO would block its reader forever
+        raise damaged(path, "not a regular file: a pipe, socket or device")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["progress"]["cur_nimg"])
+    except Exception as exc:  # any damage: a cut zip, a foreign file, a missing key
+        raise damaged(path, f"cannot read the progress it recorded: {_first_sentence(exc)}") from None
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -53,19 +84,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def latest_snapshot(run_dir: Path) -> Path | None:
-    snaps = sorted(p for p in run_dir.iterdir() if SNAPSHOT_PATTERN.match(p.name))
-    return snaps[-1] if snaps else None
+    """The snapshot in `run_dir` that had trained on the most images (by its recorded progress; between
+    equal ones, the later name). A snapshot whose progress cannot be read is refused as damaged."""
+    snaps = [p for p in run_dir.iterdir() if SNAPSHOT_PATTERN.match(p.name)]
+    return max(snaps, key=lambda p: (recorded_nimg(p), snapshot_order(p))) if snaps else None
 
 
 def previous_snapshot(path: Path) -> Path | None:
-    """The snapshot written before `path` in its run directory, if there is one."""
+    """The snapshot written before `path` in its run directory, if there is one (by name: a damaged
+    file's recorded progress may be unreadable, and the names of a run sort in training order)."""
     if not SNAPSHOT_PATTERN.match(path.name):
         return None
     try:
-        earlier = [p for p in path.parent.iterdir() if SNAPSHOT_PATTERN.match(p.name) and p.name < path.name]
+        earlier = [p for p in path.parent.iterdir()
+                   if SNAPSHOT_PATTERN.match(p.name) and snapshot_order(p) < snapshot_order(path)]
     except OSError:
         return None
-    return max((p for p in earlier if p.is_file()), default=None)
+    return max((p for p in earlier if p.is_file()), key=snapshot_order, default=None)
 
 
 def damaged(path: Path, detail: str) -> UserError:
@@ -110,8 +145,23 @@ def _first_sentence(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
 
 
+def _check_torch_archive(path: Path) -> None:
+    """A zip that torch.save did not write (a dataset zip, say) is named as such, not by PyTorch's reader."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except Exception:  # a cut or damaged zip, in any of many ways: torch.load reports it as damaged
+        return
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in members):
+        raise UserError(
+            f"{path} is a zip archive but not a checkpoint (a dataset zip?); give a network-snapshot-*.pt, "
+            "a run directory or an official network pickle (.pkl)"
+        )
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Our checkpoint, its structure checked (`checkpoint_problem`); never runs code from the file."""
+    _check_torch_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:

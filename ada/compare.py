@@ -9,14 +9,20 @@ file name), best metric and the kimg where it was reached, final metric, final p
 over the last 10% of the run's kimg, sec/kimg (median over ticks after the first, which
 includes start-up), kimg reached.
 
-Pure functions for tests and other tools: ``load_run``, ``summarize_run``, ``format_table``,
-``comparison_figure``, ``plot_runs``, ``choose_metric``.
+Run directories of the official stylegan2-ada-pytorch code read too: its training_options.json
+(``ada_target``, ``augment_kwargs``, ``training_set_kwargs``, ``resume_pkl``), its stats.jsonl
+(``Progress/kimg``, ``Progress/augment``, ``Loss/signs/real`` ... as {num, mean, std}) and its
+metric files (kimg from the snapshot name).
+
+Pure functions for tests and other tools: ``load_run``, ``run_identity``, ``summarize_run``,
+``format_table``, ``comparison_figure``, ``plot_runs``, ``choose_metric``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ada.config import preset_label
 from ada.errors import UserError
 from ada.files import atomic_write
 from ada.tracking import as_number, best_evaluation, dataset_name, is_transfer, metric_direction
@@ -41,6 +48,15 @@ FIGURE_SIZE_PX = (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))
 # Mean r_t is taken over this last fraction of a run's kimg: the controller's settled state,
 # not its climb from p = 0.
 R_T_WINDOW = 0.1
+
+
+# The official snapshot names give the kimg of an evaluation that records none.
+_OFFICIAL_SNAPSHOT = re.compile(r"network-snapshot-(\d+)\.pkl$")
+# Official stats.jsonl keys ({num, mean, std} each) -> the keys our trainer writes.
+_OFFICIAL_STATS = {
+    "Progress/tick": "tick", "Progress/kimg": "kimg", "Progress/augment": "p", "Loss/signs/real": "r_t",
+    "Timing/sec_per_kimg": "sec_per_kimg", "Loss/G/loss": "loss_G", "Loss/D/loss": "loss_D",
+}
 
 
 class RunLogWarning(UserWarning):
@@ -81,7 +97,7 @@ class RunLog:
         for evaluations in self.metrics.values():
             for record in evaluations:
                 value = as_number(record.get("results", {}).get(key))
-                kimg = as_number(record.get("kimg"))
+                kimg = _evaluation_kimg(record)
                 if value is not None and kimg is not None:
                     points.append((kimg, value))
         return points
@@ -137,7 +153,7 @@ def load_run(run_dir: Path | str) -> RunLog:
     stats_path = path / "stats.jsonl"
     if not stats_path.is_file():
         raise UserError(f"{path} is not a run directory (it has no stats.jsonl); {hint}")
-    stats = read_jsonl(stats_path)
+    stats = [_as_our_tick(record) for record in read_jsonl(stats_path)]
     if not stats:
         raise UserError(f"{stats_path} holds no ticks yet; wait for the run's first tick or leave it out")
     for position, record in enumerate(stats, start=1):
@@ -174,6 +190,50 @@ def read_metric_log(path: Path) -> list[dict[str, Any]]:
                 "remove or repair that line"
             )
     return records
+
+
+def _evaluation_kimg(record: Mapping[str, Any]) -> float | None:
+    kimg = as_number(record.get("kimg"))
+    if kimg is None:
+        official = _OFFICIAL_SNAPSHOT.search(str(record.get("snapshot_pkl", "")))
+        kimg = float(official.group(1)) if official else None
+    return kimg
+
+
+def _as_our_tick(record: dict[str, Any]) -> dict[str, Any]:
+    """A stats.jsonl record as our trainer writes it; an official one ({num, mean, std} per key) converted."""
+    if "Progress/kimg" not in record:
+        return record
+    out: dict[str, Any] = {"timestamp": record.get("timestamp")}
+    for official, ours in _OFFICIAL_STATS.items():
+        value = record.get(official)
+        out[ours] = value.get("mean") if isinstance(value, dict) else None
+    return out
+
+
+def run_identity(options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run was: data, cfg (preset), aug (mode), target (ADA only) and resume (what it started from),
+    from our training_options.json (a TrainConfig) or the official one. Missing values are None."""
+    if "training_set_kwargs" in options or "augment_kwargs" in options or "ada_target" in options:
+        mode = "ada" if "ada_target" in options else "fixed" if "augment_kwargs" in options else "noaug"
+        data = options.get("training_set_kwargs")
+        return {
+            "data": data.get("path") if isinstance(data, dict) else None,
+            "cfg": None,
+            "aug": mode,
+            "target": as_number(options.get("ada_target")),
+            "resume": options.get("resume_pkl"),
+        }
+    aug = options.get("aug")
+    aug = aug if isinstance(aug, dict) else {}
+    cfg = options.get("cfg")
+    return {
+        "data": options.get("data"),
+        "cfg": preset_label(cfg) if isinstance(cfg, str) else None,
+        "aug": aug.get("mode"),
+        "target": as_number(aug.get("target")) if aug.get("mode") == "ada" else None,
+        "resume": options.get("resume"),
+    }
 
 
 def _as_runs(runs: Sequence[RunLog | Path | str]) -> list[RunLog]:
@@ -246,15 +306,15 @@ def summarize_run(run: RunLog | Path | str, metric: str | None = None) -> dict[s
     r_t = [as_number(record.get("r_t")) for record in log.stats]
     points = log.metric_series(key) if key is not None else []
     best = best_evaluation(key, points) if key is not None else None
-    options = log.options
-    resume = options.get("resume")
+    identity = run_identity(log.options)
+    resume = identity["resume"]
     return {
         "run": log.name,
         "path": str(log.path),
-        "dataset": dataset_name(options.get("data")) if "data" in options else None,
-        "cfg": options.get("cfg"),
-        "aug": options.get("aug"),
-        "target": as_number(options.get("target")),
+        "dataset": dataset_name(identity["data"]) if identity["data"] else None,
+        "cfg": identity["cfg"],
+        "aug": identity["aug"],
+        "target": identity["target"],
         "resume": PurePath(str(resume)).name if is_transfer(resume) else None,
         "metric": key,
         "best": best[1] if best else None,
@@ -277,6 +337,11 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if spec else str(value)
 
 
+def _fmt_kimg(value: float | None) -> str:
+    """kimg to the image (three decimals), without trailing zeros: '48.032', '200', '0.096'."""
+    return "-" if value is None else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table of ``summarize_run`` rows, columns aligned, one line per run."""
     metrics = {row.get("metric") for row in rows} - {None}
@@ -288,12 +353,12 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         ("cfg", lambda r: _fmt(r.get("cfg"), "")),
         ("resume", lambda r: r.get("resume") or "scratch"),
         (f"best {metric}", lambda r: _fmt(r.get("best"), ".4g")),
-        ("@kimg", lambda r: _fmt(r.get("best_kimg"), ".1f")),
+        ("@kimg", lambda r: _fmt_kimg(r.get("best_kimg"))),
         (f"final {metric}", lambda r: _fmt(r.get("final"), ".4g")),
         ("p", lambda r: _fmt(r.get("p"), ".3f")),
         ("r_t last10%", lambda r: _fmt(r.get("r_t_last10"), ".3f")),
         ("sec/kimg", lambda r: _fmt(r.get("sec_per_kimg"), ".2f")),
-        ("kimg", lambda r: _fmt(r.get("kimg"), ".1f")),
+        ("kimg", lambda r: _fmt_kimg(r.get("kimg"))),
     ]
     cells = [[title for title, _ in columns]] + [[cell(row) for _, cell in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
@@ -343,8 +408,8 @@ def comparison_figure(runs: Sequence[RunLog | Path | str], metric: str | None = 
             kimg, values = log.series(stat)
             has_data[panel] |= bool(values)
             axes[panel].plot(kimg, values, color=color, linewidth=1.2, label=log.name)
-        target = as_number(log.options.get("target"))
-        if log.options.get("aug") == "ada" and target is not None:
+        target = run_identity(log.options)["target"]
+        if target is not None:
             axes[1].axhline(target, color=color, linestyle="--", linewidth=0.8, alpha=0.7, label="_target")
         points = log.metric_series(key) if key is not None else []
         has_data[3] |= bool(points)

@@ -3,22 +3,28 @@
 A run's configuration is built in four layers, each overriding the one before:
 
 1. the dataclass defaults below,
-2. a preset from configs/NAME.yaml (`--cfg`),
+2. a preset: configs/NAME.yaml, shipped inside the package as `ada.presets`, or any YAML file
+   of the same form (`--cfg`),
 3. for presets with `auto_rules: true`, values derived from the data resolution and GPU
    count (`auto_rules`, the rules of the official `auto` config),
-4. the command-line flags the user gave.
+4. the command-line flags and `--set KEY=VALUE` overrides the user gave.
 
-`validate` is the one place that checks the result; it raises `UserError` with a message
-that names the option and what would be accepted.
+Every field is declared once, with `option(...)`: its default, its help text, its command-line
+flag (the official name where the official train.py has one), its allowed values and whether it
+defines the run (a continued run may not change it). The command line (`ada.options`), `--set`,
+`--help-config`, the type checks of presets and the range checks of `validate` all read that
+declaration. `validate` is the one place that checks a resolved configuration; it raises
+`UserError` with a message that names the option and what would be accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
 import math
-import re
-import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,111 +32,188 @@ from typing import Any
 import yaml
 
 from ada.errors import UserError
+from augment import PRESETS as AUGPIPE_PRESETS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The package that holds configs/*.yaml once installed (pyproject.toml maps configs/ onto it).
+PRESET_PACKAGE = "ada.presets"
+# `--cfg=auto` on a machine without CUDA: the official auto schedule is sized for GPUs.
+CPU_PRESET = "cpu"
 
-AUG_MODES = ("ada", "noaug", "fixed")
-ADA_HEURISTICS = ("rt", "rv")
-D_ARCHITECTURES = ("orig", "skip", "resnet")
+
+@dataclass(frozen=True)
+class Option:
+    """The declaration of one config field; see the module docstring for what is derived from it.
+
+    help: one line; `{builtins}` and `{presets}` are filled in with the built-in dataset and preset names.
+    flag: the command-line flag, or None for fields set only by presets and `--set`.
+    official: the flag has the name and meaning of the official stylegan2-ada-pytorch train.py option.
+    choices: the allowed values. ge/gt/le/lt: bounds of a number (None values are not checked); every
+      number must also be finite.
+    path: the value names a file or directory, so an empty one (`--resume=`) is refused.
+    defines_run: a run continued from its directory (`--resume RUN_DIR`) refuses a different value.
+    settable: whether `--set` may give it (`cfg` is chosen with `--cfg`).
+    default_text: what --help shows as the default, where the field's default needs words.
+    """
+
+    help: str
+    flag: str | None = None
+    official: bool = False
+    choices: tuple[str, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    metavar: str | None = None
+    path: bool = False
+    defines_run: bool = True
+    settable: bool = True
+    default_text: str | None = None
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **declaration: Any) -> Any:
+    """A dataclass field with its `Option` declaration."""
+    return field(default=default, default_factory=factory, metadata={"option": Option(**declaration)})
 
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 512
-    w_dim: int = 512
-    map_layers: int = 8
-    channel_base: int = 32768
-    channel_max: int = 512
-    num_fp16_res: int = 4
-    conv_clamp: float | None = 256
-    mbstd_group: int = 4
-    d_architecture: str = "resnet"
+    z_dim: int = option(512, ge=1, help="Dimension of the latent z")
+    w_dim: int = option(512, ge=1, help="Dimension of the intermediate latent w")
+    map_layers: int = option(8, ge=1, help="Layers of the mapping network")
+    channel_base: int = option(32768, ge=1, help="Feature maps at resolution r: min(channel_base / r, channel_max)")
+    channel_max: int = option(512, ge=1, help="Most feature maps of any layer")
+    num_fp16_res: int = option(4, ge=0, help="Highest resolutions computed in reduced precision on a GPU")
+    conv_clamp: float | None = option(256, gt=0, help="Clamp of the reduced-precision activations (null: none)")
+    mbstd_group: int = option(4, ge=0, help="Group size of D's minibatch-stddev layer (0: off)")
+    d_architecture: str = option("resnet", choices=("orig", "skip", "resnet"), help="Discriminator architecture")
 
 
 @dataclass
 class LossConfig:
-    r1_gamma: float = 10.0
-    pl_weight: float = 2.0
-    pl_decay: float = 0.01
-    pl_batch_shrink: int = 2
-    style_mixing: float = 0.9
+    r1_gamma: float = option(10.0, flag="--gamma", official=True, ge=0, metavar="FLOAT",
+                             help="R1 regularisation weight")
+    pl_weight: float = option(2.0, ge=0, help="Path-length regularisation weight (0: off)")
+    pl_decay: float = option(0.01, ge=0, le=1, help="Decay of the path-length running mean")
+    pl_batch_shrink: int = option(2, ge=1, help="Batch divisor of the path-length phase")
+    style_mixing: float = option(0.9, ge=0, le=1, help="Probability of style mixing")
     # Lazy regularisation: R1 every d_reg_interval D steps, path length every g_reg_interval G steps.
-    g_reg_interval: int = 4
-    d_reg_interval: int = 16
+    g_reg_interval: int = option(4, ge=1, help="G steps between path-length regularisation steps")
+    d_reg_interval: int = option(16, ge=1, help="D steps between R1 regularisation steps")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.0025
-    beta1: float = 0.0
-    beta2: float = 0.99
-    eps: float = 1e-8
-    ema_kimg: float = 10.0
-    ema_rampup: float | None = None
+    lr: float = option(0.0025, gt=0, help="Adam learning rate of G and D")
+    beta1: float = option(0.0, ge=0, lt=1, help="Adam beta1")
+    beta2: float = option(0.99, ge=0, lt=1, help="Adam beta2")
+    eps: float = option(1e-8, gt=0, help="Adam epsilon")
+    ema_kimg: float = option(10.0, ge=0, help="Half-life of G_ema in thousands of images")
+    ema_rampup: float | None = option(None, gt=0, help="G_ema half-life ramp-up as a share of the images so far "
+                                                       "(null: none)")
 
 
 @dataclass
 class AugConfig:
-    mode: str = "ada"
-    pipe: str = "bgc"
-    p: float = 0.0
-    target: float = 0.6
-    ada_interval: int = 4
+    mode: str = option("ada", flag="--aug", official=True, choices=("ada", "noaug", "fixed"),
+                       help="Augmentation mode")
+    pipe: str = option("bgc", flag="--augpipe", official=True, choices=tuple(AUGPIPE_PRESETS),
+                       help="Augmentation pipeline")
+    p: float = option(0.0, flag="--p", official=True, ge=0, le=1, metavar="FLOAT",
+                      help="Augmentation probability for --aug=fixed")
+    target: float = option(0.6, flag="--target", official=True, gt=0, lt=1, metavar="FLOAT",
+                           help="ADA target value of the overfitting heuristic")
+    ada_interval: int = option(4, flag="--ada-interval", ge=1, metavar="INT", help="Minibatches between p updates")
     # None: 500, or 100 in a transfer run for a faster reaction, as the official code does.
-    ada_kimg: float | None = None
-    heuristic: str = "rt"
-    p_max: float = 1.0
+    ada_kimg: float | None = option(None, flag="--ada-kimg", gt=0, metavar="KIMG",
+                                    default_text="500; 100 when fine-tuning",
+                                    help="ADA speed: kimg for p to move by 1")
+    heuristic: str = option("rt", flag="--ada-heuristic", choices=("rt", "rv"),
+                            help="Overfitting heuristic that drives p")
+    p_max: float = option(1.0, flag="--p-max", gt=0, le=1, metavar="FLOAT", help="Upper bound of the adaptive p")
     # Thousands of images before p may move: D wins early whatever it memorises.
-    ada_start_kimg: float = 0.0
+    ada_start_kimg: float = option(0.0, flag="--ada-start-kimg", ge=0, metavar="KIMG",
+                                   help="kimg before the adaptive p may move")
     # Kornia augmentations after the pipeline, applied with probability p: 'perspective:0.3,blur'.
-    extra: str | None = None
+    extra: str | None = option(None, flag="--aug-extra", metavar="LIST", default_text="none",
+                               help="Kornia augmentations after the pipeline, with probability p: "
+                                    "perspective[:0.3], erasing[:0.33], blur[:1], sharpness[:0.5]")
 
 
 @dataclass
 class WandbConfig:
-    project: str | None = None
-    entity: str | None = None
-    group: str | None = None
-    name: str | None = None
-    mode: str | None = None
+    project: str | None = option(None, flag="--wandb-project", defines_run=False, metavar="NAME",
+                                 default_text="off", help="Log to this wandb project")
+    entity: str | None = option(None, flag="--wandb-entity", defines_run=False, metavar="NAME",
+                                default_text="your wandb default", help="wandb entity (team or user)")
+    group: str | None = option(None, flag="--wandb-group", defines_run=False, metavar="NAME",
+                               default_text="the dataset name", help="wandb group")
+    name: str | None = option(None, flag="--wandb-name", defines_run=False, metavar="NAME",
+                              default_text="the run directory name", help="wandb run name")
+    mode: str | None = option(None, flag="--wandb-mode", defines_run=False, choices=("online", "offline", "disabled"),
+                              default_text="online", help="wandb mode")
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    outdir: str = "runs"
-    cfg: str = "auto"
-    auto_rules: bool = False
-    gpus: int = 1
-    seed: int = 0
-    dry_run: bool = False
-    kimg: float = 25000.0
-    tick: float = 4.0
-    snap: int = 50
-    metrics: list[str] = field(default_factory=lambda: ["fid50k_full"])
-    features: str | None = None
-    pr_net: str | None = None
-    ppl_net: str | None = None
+    data: str = option("", flag="--data", official=True, metavar="PATH", default_text="required",
+                       help="Training data: an image folder, a dataset zip, or a built-in name ({builtins})")
+    outdir: str = option("runs", flag="--outdir", official=True, defines_run=False, metavar="DIR", path=True,
+                         help="Where to make run directories")
+    cfg: str = option("auto", flag="--cfg", official=True, settable=False, metavar="NAME|FILE",
+                      default_text="auto: the cpu preset without a GPU",
+                      help="Preset ({presets}) or a YAML file of the same form")
+    auto_rules: bool = option(False, help="Derive batch, gamma, channels, lr and EMA from the data resolution and "
+                                          "GPU count (the official auto config)")
+    gpus: int = option(1, flag="--gpus", official=True, ge=1, defines_run=False, metavar="INT",
+                       help="Number of GPUs (processes)")
+    seed: int = option(0, flag="--seed", official=True, ge=0, le=2**32 - 1, metavar="INT", help="Random seed")
+    kimg: float = option(25000.0, flag="--kimg", official=True, gt=0, defines_run=False, metavar="KIMG",
+                         help="Training length in thousands of real images")
+    tick: float = option(4.0, flag="--tick", gt=0, defines_run=False, metavar="KIMG",
+                         help="Progress report interval in kimg")
+    snap: int = option(50, flag="--snap", official=True, ge=1, defines_run=False, metavar="TICKS",
+                       help="Snapshot interval in ticks")
+    metrics: list[str] = option(factory=lambda: ["fid50k_full"], flag="--metrics", official=True, defines_run=False,
+                                metavar="LIST", help="Comma-separated metrics, e.g. fid50k_full,kid50k_full, or none")
+    features: str | None = option(None, flag="--features", defines_run=False, metavar="PATH", path=True,
+                                  default_text="Inception", help="TorchScript feature network for the metrics")
+    pr_net: str | None = option(None, flag="--pr-net", defines_run=False, metavar="PATH", path=True,
+                                default_text="the --features network",
+                                help="TorchScript feature network for precision/recall (NVIDIA's vgg16.pt)")
+    ppl_net: str | None = option(None, flag="--ppl-net", defines_run=False, metavar="PATH", path=True,
+                                 default_text="$ADA_PPL_NET", help="TorchScript network for the PPL distance")
     # TensorBoard event files in the run directory; None: on when the tensorboard package is installed.
-    tensorboard: bool | None = None
-    batch: int = 32
+    tensorboard: bool | None = option(None, flag="--tensorboard", defines_run=False,
+                                      default_text="on when tensorboard is installed",
+                                      help="TensorBoard event files in the run directory")
+    batch: int = option(32, flag="--batch", official=True, ge=1, metavar="INT", help="Total batch size over all GPUs")
     # Images per GPU per pass; the rest of the per-GPU share is gradient accumulation. None: all at once.
-    batch_gpu: int | None = None
-    cond: bool = False
-    subset: int | None = None
-    mirror: bool = False
-    val: float = 0.05
-    workers: int = 3
-    resume: str | None = None
-    freezed: int = 0
-    fp32: bool = False
-    bf16: bool = False
-    nhwc: bool = False
-    allow_tf32: bool = False
-    nobench: bool = False
+    batch_gpu: int | None = option(None, flag="--batch-gpu", ge=1, defines_run=False, metavar="INT",
+                                   help="Images per GPU per pass (gradient accumulation)")
+    cond: bool = option(False, flag="--cond", official=True, help="Train a class-conditional model")
+    subset: int | None = option(None, flag="--subset", official=True, ge=1, metavar="INT", default_text="all",
+                                help="Train on a fixed random subset of N images")
+    mirror: bool = option(False, flag="--mirror", official=True, help="Add x-flipped copies of the images")
+    val: float = option(0.05, flag="--val", ge=0, lt=1, metavar="FLOAT",
+                        help="Share of images withheld for the r_v monitor")
+    workers: int = option(3, flag="--workers", official=True, ge=0, defines_run=False, metavar="INT",
+                          help="Data loader worker processes")
+    resume: str | None = option(None, flag="--resume", official=True, defines_run=False, metavar="PATH", path=True,
+                                default_text="none",
+                                help="Continue a run directory, or fine-tune from a checkpoint or official pickle")
+    freezed: int = option(0, flag="--freezed", official=True, ge=0, metavar="INT",
+                          help="Freeze-D: freeze the first N layers of D")
+    fp32: bool = option(False, flag="--fp32", official=True, defines_run=False, help="Disable mixed precision")
+    bf16: bool = option(False, flag="--bf16", defines_run=False, help="Mixed precision in bfloat16 instead of float16")
+    nhwc: bool = option(False, flag="--nhwc", official=True, defines_run=False,
+                        help="Channels-last memory format in the reduced-precision layers")
+    allow_tf32: bool = option(False, flag="--allow-tf32", official=True, defines_run=False,
+                              help="Allow TF32 matmuls and convolutions")
+    nobench: bool = option(False, flag="--nobench", official=True, defines_run=False,
+                           help="Disable the cuDNN benchmark mode")
     # torch.compile the networks for Gmain and Dmain (the regularisation phases need double
     # backward, which compiled graphs do not support, so they run eagerly on the same weights).
-    compile: bool = False
+    compile: bool = option(False, flag="--compile", defines_run=False, help="torch.compile G and D for the main phases")
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -141,33 +224,211 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# ----------------------------------------------------------------------------- the declarations
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One leaf field of TrainConfig: its dotted key ("loss.r1_gamma"), type, default and declaration."""
+
+    key: str
+    type: Any
+    default: Any
+    option: Option
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the flag, or the `--set` key."""
+        return self.option.flag or self.key
+
+
+def _defaults(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _walk(cls: type, prefix: str = "") -> Iterator[Setting]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield Setting(prefix + f.name, hints[f.name], _defaults(f), f.metadata["option"])
+
+
+@functools.cache
+def settings() -> dict[str, Setting]:
+    """Every leaf field of TrainConfig by dotted key, in declaration order."""
+    return {s.key: s for s in _walk(TrainConfig)}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'aug': {'mode': 'ada'}} -> {'aug.mode': 'ada'}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in settings():
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'aug.mode': 'ada'} -> {'aug': {'mode': 'ada'}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- types
+
+
+def alternatives(hint: Any) -> tuple[Any, ...]:
+    """The types a field takes: (float, NoneType) for `float | None`, (int,) for `int`."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+
+
+_UnionType = type(int | None)
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def type_words(hint: Any) -> str:
+    """A field type in words, for messages and --help-config: 'a number or null'."""
+    words = []
+    for alt in alternatives(hint):
+        if alt is type(None):
+            words.append("null")
+        elif typing.get_origin(alt) is list:
+            words.append("a list of names")
+        else:
+            words.append(_TYPE_WORDS[alt])
+    return " or ".join(words)
+
+
+def coerce(setting: Setting, value: Any) -> Any:
+    """`value` as the field's type (an integer where a number is expected becomes a float), or ValueError."""
+    for alt in alternatives(setting.type):
+        if alt is type(None) and value is None:
+            return None
+        if typing.get_origin(alt) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if alt is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if alt is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if alt in (bool, str) and isinstance(value, alt):
+            return value
+    raise ValueError(f"{value!r} is not {type_words(setting.type)}")
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_text(setting: Setting, text: str) -> Any:
+    """A command-line value (`--set KEY=TEXT`) as the field's type, or ValueError."""
+    kinds = alternatives(setting.type)
+    lowered = text.strip().lower()
+    if type(None) in kinds and lowered in ("null", "none"):
+        return None
+    for alt in kinds:
+        if typing.get_origin(alt) is list:
+            return [] if lowered in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
+        if alt is bool and lowered in _TRUE + _FALSE:
+            return lowered in _TRUE
+        if alt is int:
+            try:
+                return int(text)
+            except ValueError:
+                continue
+        if alt is float:
+            try:
+                return float(text)
+            except ValueError:
+                continue
+        if alt is str:
+            return text
+    raise ValueError(f"{text!r} is not {type_words(setting.type)}")
+
+
+# ----------------------------------------------------------------------------- presets
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in importlib.resources.files(PRESET_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> TrainConfig:
-    """The dataclass defaults overridden by configs/NAME.yaml."""
-    choose = f"choose one of: {', '.join(available_presets())}"
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        # A path would otherwise be joined onto configs/ (an absolute one replacing it).
-        raise UserError(f"--cfg={name}: give the name of a preset in configs/, not a file path; {choose}")
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"unknown preset --cfg={name}; {choose}")
+def is_preset_file(spec: str) -> bool:
+    """`--cfg` names a YAML file rather than a preset."""
+    return spec.endswith((".yaml", ".yml")) or "/" in spec or "\\" in spec
+
+
+def _preset_text(spec: str) -> tuple[str, str]:
+    """(where it was read from, its YAML text) for a preset name or a YAML file path."""
+    choose = f"choose one of: {', '.join(available_presets())}, or give a YAML file"
+    if is_preset_file(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"--cfg={spec}: no such file; {choose}")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--cfg={spec}: cannot read it ({exc})") from None
+    resource = importlib.resources.files(PRESET_PACKAGE) / f"{spec}.yaml"
+    if not spec or not resource.is_file():
+        raise UserError(f"unknown preset --cfg={spec}; {choose}")
+    return f"preset {spec}", resource.read_text(encoding="utf-8")
+
+
+def preset_values(spec: str) -> dict[str, Any]:
+    """The mapping a preset name or YAML file holds, not yet checked against the fields."""
+    source, text = _preset_text(spec)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UserError(f"{source}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+    if values is None:
+        return {}
     if not isinstance(values, dict):
-        raise UserError(f"{path}: a preset must be a mapping of options, not a {type(values).__name__}")
-    cfg = TrainConfig(cfg=name)
-    apply_overrides(cfg, values, source=str(path))
+        raise UserError(f"{source}: a preset is a mapping of options (key: value), not a {type(values).__name__}")
+    return values
+
+
+def load_preset(spec: str) -> TrainConfig:
+    """The dataclass defaults overridden by a preset (configs/NAME.yaml) or a YAML file of the same form.
+
+    A file is recorded (`cfg`) by its absolute path, so that the run says which file it came from.
+    """
+    values = preset_values(spec)
+    cfg = TrainConfig(cfg=str(Path(spec).expanduser().resolve()) if is_preset_file(spec) else spec)
+    apply_overrides(cfg, values, source=spec if is_preset_file(spec) else f"preset {spec}")
     return cfg
 
 
+def preset_label(spec: str) -> str:
+    """A preset's short name for run directory names and tables: the name, or a YAML file's stem."""
+    return Path(spec).stem if is_preset_file(spec) else spec
+
+
+@functools.cache
+def preset_decided() -> frozenset[str]:
+    """Dotted keys that some preset or the auto rules set: their defaults come from the preset."""
+    keys = set(flatten(auto_rules(256, 1)))
+    for name in available_presets():
+        keys.update(flatten(preset_values(name)))
+    return frozenset(keys)
+
+
 def resolve(preset: str, overrides: dict[str, Any], resolution: int | None) -> TrainConfig:
-    """The layers of the module docstring: configs/PRESET.yaml, its auto rules at `resolution` (left
-    out while the resolution is unknown), then `overrides` (the user's flags). Not validated."""
+    """The layers of the module docstring: the preset, its auto rules at `resolution` (left out while
+    the resolution is unknown), then `overrides` (the user's flags). Not validated."""
     if "batch" in overrides and "batch_gpu" not in overrides:
         # A batch the user chose runs in one pass per GPU, as the official --batch does.
         overrides = {**overrides, "batch_gpu": None}
@@ -178,50 +439,36 @@ def resolve(preset: str, overrides: dict[str, Any], resolution: int | None) -> T
     return cfg
 
 
-def apply_overrides(cfg: Any, values: dict[str, Any], source: str) -> None:
-    """Set dataclass fields from a (nested) dict, refusing unknown keys and values of the wrong type."""
-    known = {f.name: f for f in dataclasses.fields(cfg)}
-    hints = typing.get_type_hints(type(cfg))
-    for key, value in values.items():
-        if key not in known:
-            raise UserError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(known))}")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise UserError(f"{source}: {key!r} must be a mapping of options")
-            apply_overrides(current, value, f"{source}:{key}")
-        else:
-            expected = _type_mismatch(hints[key], value)
-            if expected:
-                raise UserError(f"{source}: {key!r} is {value!r}, which is not {expected}")
-            setattr(cfg, key, value)
+def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> None:
+    """Set fields from a (nested) dict, refusing unknown keys and values of the wrong type."""
+    known = settings()
+    for key, value in flatten(values).items():
+        setting = known.get(key)
+        if any(k.startswith(key + ".") for k in known):
+            raise UserError(f"{source}: {key!r} must be a mapping of options")
+        if setting is None or not setting.option.settable:
+            parent = key.rpartition(".")[0]
+            depth = key.count(".")
+            siblings = sorted({".".join(k.split(".")[: depth + 1]) for k in known
+                               if k.startswith(f"{parent}.") or not parent} - {"cfg"})
+            raise UserError(f"{source}: unknown option {key!r}; known: {', '.join(siblings)}")
+        try:
+            value = coerce(setting, value)
+        except ValueError as exc:
+            raise UserError(f"{source}: {key}: {exc}") from None
+        *parents, leaf = key.split(".")
+        node: Any = cfg
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
-
-
-def _type_mismatch(hint: Any, value: Any) -> str | None:
-    """None if `value` fits the field type `hint`, else what the field takes, in words."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        if option is type(None) and value is None:
-            return None
-        if typing.get_origin(option) is list:
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return None
-        elif option is float:
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return None
-        elif option is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return None
-        elif isinstance(value, option):
-            return None
-    names = [
-        "empty (null)" if o is type(None) else "a list of names" if typing.get_origin(o) is list else _TYPE_NAMES[o]
-        for o in options
-    ]
-    return " or ".join(names)
+def get(cfg: TrainConfig, key: str) -> Any:
+    """A field by dotted key."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def auto_rules(resolution: int, gpus: int) -> dict[str, Any]:
@@ -242,26 +489,67 @@ def r1_gamma_heuristic(resolution: int, batch: int) -> float:
     return 0.0002 * resolution**2 / batch
 
 
+# ----------------------------------------------------------------------------- validation
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def bounds_text(option: Option, integer: bool = False) -> str | None:
+    """The declared bounds in words: 'at least 1', 'positive', 'in [0, 1)', 'in 0..255' (integers)."""
+    low = (option.ge, "[") if option.ge is not None else (option.gt, "(") if option.gt is not None else None
+    high = (option.le, "]") if option.le is not None else (option.lt, ")") if option.lt is not None else None
+    if low and high:
+        if integer and low[1] == "[" and high[1] == "]":
+            return f"in {_number(low[0])}..{_number(high[0])}"
+        return f"in {low[1]}{_number(low[0])}, {_number(high[0])}{high[1]}"
+    if low:
+        if low[1] == "(":
+            return "positive" if low[0] == 0 else f"greater than {_number(low[0])}"
+        return f"at least {_number(low[0])}"
+    if high:
+        return f"at most {_number(high[0])}" if high[1] == "]" else f"less than {_number(high[0])}"
+    return None
+
+
+def _in_bounds(option: Option, value: float) -> bool:
+    return (
+        (option.ge is None or value >= option.ge) and (option.gt is None or value > option.gt)
+        and (option.le is None or value <= option.le) and (option.lt is None or value < option.lt)
+    )
+
+
+def _check_declared(cfg: TrainConfig) -> None:
+    """Each field against its declaration: choices, bounds, finite numbers and non-empty paths.
+
+    inf or nan (from a flag, --set or a preset) has no meaning as a length, weight or rate, and would
+    train with, e.g., every R1 step skipped.
+    """
+    for setting in settings().values():
+        value, option = get(cfg, setting.key), setting.option
+        if value is None:
+            continue
+        if option.choices is not None:
+            _check(value in option.choices,
+                   f"{setting.name}={value} is not one of {', '.join(option.choices)}")
+        if option.path and isinstance(value, str):
+            _check(bool(value.strip()), f"{setting.name}= is empty; give a path, or leave the option out")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _check(math.isfinite(value), f"{setting.name}={value} must be a finite number")
+            _check(_in_bounds(option, value),
+                   f"{setting.name}={value} must be {bounds_text(option, integer=isinstance(value, int))}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Every check on a resolved configuration, with a message a user can act on."""
-    from augment import PRESETS as AUGPIPE_PRESETS
-
     _check(bool(cfg.data), "--data is required: a folder of images, a dataset zip, or a built-in name")
-    _check_finite(cfg)
-    _check(0 <= cfg.seed < 2**32, f"--seed={cfg.seed} must be in 0..{2**32 - 1}")
-    for flag, value in (("--outdir", cfg.outdir), ("--resume", cfg.resume), ("--features", cfg.features),
-                        ("--ppl-net", cfg.ppl_net)):
-        _check(value is None or bool(value.strip()), f"{flag}= is empty; give a path, or leave the option out")
-    _check(cfg.gpus >= 1, f"--gpus={cfg.gpus} must be at least 1")
-    _check(cfg.kimg > 0, f"--kimg={cfg.kimg} must be positive")
-    _check(cfg.tick > 0, f"--tick={cfg.tick} must be positive")
-    _check(cfg.snap >= 1, f"--snap={cfg.snap} must be at least 1 (ticks between snapshots)")
-    _check(cfg.batch >= 1, f"--batch={cfg.batch} must be at least 1")
+    _check_declared(cfg)
     _check(
         cfg.batch % cfg.gpus == 0,
         f"--batch={cfg.batch} is not divisible by --gpus={cfg.gpus}; use a multiple of the GPU count",
@@ -269,7 +557,7 @@ def validate(cfg: TrainConfig) -> None:
     per_gpu = cfg.batch // cfg.gpus
     batch_gpu = cfg.batch_gpu or per_gpu
     _check(
-        batch_gpu >= 1 and per_gpu % batch_gpu == 0,
+        per_gpu % batch_gpu == 0,
         f"--batch-gpu={cfg.batch_gpu} must divide the per-GPU batch {per_gpu} (--batch / --gpus)",
     )
     group = min(cfg.model.mbstd_group, batch_gpu)
@@ -278,27 +566,8 @@ def validate(cfg: TrainConfig) -> None:
         f"per-GPU batch {batch_gpu} is not divisible by the minibatch-stddev group {group}; "
         "use a batch that is a multiple of the group size",
     )
-    _check(cfg.subset is None or cfg.subset >= 1, f"--subset={cfg.subset} must be at least 1")
-    _check(0 <= cfg.val < 1, f"--val={cfg.val} must be a fraction in [0, 1)")
-    _check(cfg.workers >= 0, f"--workers={cfg.workers} must be >= 0")
-    _check(cfg.freezed >= 0, f"--freezed={cfg.freezed} must be >= 0")
-    _check(cfg.loss.r1_gamma >= 0, f"--gamma={cfg.loss.r1_gamma} must be >= 0")
-    _check(cfg.model.d_architecture in D_ARCHITECTURES, f"d_architecture must be one of {D_ARCHITECTURES}")
-    _check(cfg.model.map_layers >= 1, "map_layers must be at least 1")
-    _check(cfg.model.z_dim >= 1 and cfg.model.w_dim >= 1, "z_dim and w_dim must be at least 1")
-    _check(cfg.model.channel_base >= 1 and cfg.model.channel_max >= 1, "channel_base and channel_max must be >= 1")
-    _check(cfg.optim.lr > 0, f"lr={cfg.optim.lr} must be positive")
     _check(not (cfg.fp32 and cfg.bf16), "--fp32 and --bf16 contradict each other; give one")
     aug = cfg.aug
-    _check(aug.mode in AUG_MODES, f"--aug={aug.mode} is not one of {', '.join(AUG_MODES)}")
-    _check(aug.pipe in AUGPIPE_PRESETS, f"--augpipe={aug.pipe} is not one of {', '.join(AUGPIPE_PRESETS)}")
-    _check(0 <= aug.p <= 1, f"--p={aug.p} must lie in [0, 1]")
-    _check(0 < aug.target < 1, f"--target={aug.target} must lie strictly between 0 and 1")
-    _check(aug.ada_interval >= 1, f"--ada-interval={aug.ada_interval} must be at least 1")
-    _check(aug.ada_kimg is None or aug.ada_kimg > 0, f"--ada-kimg={aug.ada_kimg} must be positive")
-    _check(aug.ada_start_kimg >= 0, f"--ada-start-kimg={aug.ada_start_kimg} must be >= 0")
-    _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
-    _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
     from augment.extra_stages import parse_extra
 
@@ -320,26 +589,6 @@ def validate(cfg: TrainConfig) -> None:
 
     _check(cfg.tensorboard is not True or tfevents.available(),
            "--tensorboard=1 needs the tensorboard package: pip install tensorboard (or drop the option)")
-    wandb_modes = (None, "online", "offline", "disabled")
-    _check(cfg.wandb.mode in wandb_modes, f"--wandb-mode={cfg.wandb.mode} is not one of online, offline, disabled")
-
-
-# Config field -> the command-line flag that sets it, where they differ, for messages.
-_FLAG_NAMES = {"loss.r1_gamma": "--gamma", "aug.p": "--p", "aug.target": "--target", "aug.ada_kimg": "--ada-kimg",
-               "aug.p_max": "--p-max"}
-
-
-def _check_finite(cfg: Any, prefix: str = "") -> None:
-    """Every number in the configuration is finite: inf or nan (from a flag or a preset) has no meaning
-    as a length, weight or rate, and would train with, e.g., every R1 step skipped."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        name = prefix + f.name
-        if dataclasses.is_dataclass(value):
-            _check_finite(value, f"{name}.")
-        elif isinstance(value, float) and not math.isfinite(value):
-            flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-") if not prefix else name)
-            raise UserError(f"{flag}={value} must be a finite number")
 
 
 def check_flag_combinations(given: dict[str, Any]) -> None:
@@ -354,10 +603,8 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
     _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
     _check("extra" not in aug or mode != "noaug", "--aug-extra cannot be given with --aug=noaug")
-    for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
-                      ("ada_start_kimg", "--ada-start-kimg"),
-                      ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):
-        _check(key not in aug or mode == "ada", f"{flag} can only be given with --aug=ada")
+    for key in ("ada_kimg", "ada_interval", "ada_start_kimg", "heuristic", "p_max"):
+        _check(key not in aug or mode == "ada", f"{settings()['aug.' + key].name} can only be given with --aug=ada")
 
 
 def check_against_data(cfg: TrainConfig, resolution: int) -> None:

@@ -6,14 +6,17 @@ turns into thousands of carriage-return fragments, so there it stays silent and 
 the items through. Callers on ranks other than 0 pass ``enabled=False``.
 
 ``format_tick(stats)`` turns one ``stats.jsonl`` record into the single console line the
-training loop prints per tick.
+training loop prints per tick; ``TickBar`` shows, on a terminal only, how the current tick is
+getting on between those lines (kimg, images/s, time left in the tick and in the run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -27,6 +30,7 @@ def progress(
     unit: str = "it",
     enabled: bool | None = None,
     file: IO[str] | None = None,
+    bar_format: str | None = None,
 ) -> tqdm:
     """A tqdm bar over ``iterable`` (or a manual one, driven with ``.update(n)``, when it is None).
 
@@ -47,6 +51,7 @@ def progress(
         disable=not enabled,
         dynamic_ncols=True,
         leave=False,
+        bar_format=bar_format,
     )
 
 
@@ -87,13 +92,13 @@ def _number(value: Any) -> float | None:
 
 def format_tick(stats: Mapping[str, Any], elapsed_s: float | None = None) -> str:
     """One console line for one tick record, e.g.
-    ``tick 12    kimg 48.0     3m 05s  sec/kimg 15.02  G 1.234  D 0.456  p 0.012  r_t 0.612  cpu 2.3G``.
+    ``tick 12    kimg 48.032    3m 05s  sec/kimg 15.02  G 1.234  D 0.456  p 0.012  r_t 0.612  cpu 2.3G``.
 
     ``elapsed_s`` is the wall time since training started (the record alone does not know it).
     Fields that are null (no ADA, no validation set, no GPU) are left out rather than printed
     as 'None'; skipped optimiser steps are shown only when there were any, because then they matter.
     """
-    parts = [f"tick {int(stats.get('tick', 0)):<5d}", f"kimg {float(stats.get('kimg', 0.0)):<8.1f}"]
+    parts = [f"tick {int(stats.get('tick', 0)):<5d}", f"kimg {float(stats.get('kimg', 0.0)):<9.3f}"]
     if elapsed_s is not None:
         parts.append(f"{format_duration(elapsed_s):>7s}")
     for key, label, fmt in _TICK_FIELDS:
@@ -104,3 +109,69 @@ def format_tick(stats: Mapping[str, Any], elapsed_s: float | None = None) -> str
     if skipped:
         parts.append(f"skipped {int(skipped)}")
     return "  ".join(parts)
+
+
+class TickBar:
+    """A progress bar within one training tick: `start` at the tick's first image, `update` after each
+    step, `close` before the tick's line is printed. Draws only where `progress` would (a terminal,
+    unless `enabled` says otherwise); silent, it costs nothing. Messages printed while it is drawn
+    go through `hidden()`, which takes the bar off the line and puts it back."""
+
+    def __init__(self, total_nimg: int, enabled: bool | None = None, file: IO[str] | None = None):
+        self.total_nimg = total_nimg
+        self.enabled = enabled
+        self.file = file
+        self._bar: tqdm | None = None
+        self._tick = 0
+        self._start_nimg = 0
+        self._end_nimg = 0
+        self._start_time = 0.0
+
+    def start(self, tick: int, start_nimg: int, end_nimg: int) -> None:
+        self.close()
+        bar = progress(total=max(end_nimg - start_nimg, 1), desc=f"tick {tick}", unit="img",
+                       enabled=self.enabled, file=self.file, bar_format="{desc}  {percentage:3.0f}%|{bar}|")
+        if bar.disable:
+            return
+        self._tick = tick
+        self._bar, self._start_nimg, self._end_nimg = bar, start_nimg, end_nimg
+        self._start_time = time.monotonic()
+        self._describe(start_nimg)
+
+    def _describe(self, cur_nimg: int) -> None:
+        assert self._bar is not None
+        elapsed = time.monotonic() - self._start_time
+        done = cur_nimg - self._start_nimg
+        rate = done / elapsed if done and elapsed > 0 else None
+        parts = [f"tick {self._tick}", f"kimg {cur_nimg / 1000:.3f}/{self.total_nimg / 1000:g}"]
+        if rate is None:
+            parts.append("-- img/s")
+        else:
+            parts += [
+                f"{rate:.1f} img/s",
+                f"tick ETA {format_duration(max(self._end_nimg - cur_nimg, 0) / rate)}",
+                f"end ETA {format_duration(max(self.total_nimg - cur_nimg, 0) / rate)}",
+            ]
+        self._bar.set_description_str("  ".join(parts), refresh=False)
+
+    def update(self, cur_nimg: int) -> None:
+        if self._bar is None:
+            return
+        self._describe(cur_nimg)
+        self._bar.update(min(cur_nimg, self._end_nimg) - self._start_nimg - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    @contextlib.contextmanager
+    def hidden(self) -> Iterator[None]:
+        if self._bar is None:
+            yield
+            return
+        self._bar.clear()
+        try:
+            yield
+        finally:
+            self._bar.refresh()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ada import checkpoint as ckpt_io
-from ada.config import TrainConfig
+from ada.config import TrainConfig, preset_label
 from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController, r_v
 from ada.data import DatasetInfo, ImageDataset, infinite_loader, no_validation_reason
 from ada.distributed import DistContext
@@ -43,7 +43,8 @@ from ada.images import grid_shape, save_grid
 from ada.loss import StyleGAN2Loss
 from ada.loss_scaler import LossScaler
 from ada.networks import Discriminator, Generator
-from ada.progress import format_tick
+from ada.progress import TickBar, format_tick
+from ada.rundir import options_record
 from ada.tfevents import TensorBoardTracker
 from ada.tracking import Tracker, Trackers
 from metrics.diversity import diversity_ratio
@@ -210,7 +211,7 @@ def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def run_description(cfg: TrainConfig, data_name: str) -> str:
-    parts = [data_name, cfg.cfg]
+    parts = [data_name, preset_label(cfg.cfg)]
     if cfg.cond:
         parts.append("cond")
     if cfg.mirror:
@@ -295,10 +296,13 @@ class Trainer:
         self.per_rank = cfg.batch // dist.world_size
         self.batch_gpu = cfg.batch_gpu or self.per_rank
         self.progress = Progress()
+        self.bar = TickBar(0, enabled=False)  # replaced by a live one in run()
         # Per phase, how many of its updates in a row had non-finite gradients.
         self.bad_streak: dict[str, int] = {}
         self.said_once: set[str] = set()
         self.last_snapshot: Path | None = None
+        self.last_grid: Path | None = None
+        self.start_time = time.time()  # reset when run() starts
         # The signal that stopped the run early (another rank's stop counts as SIGTERM); None if it finished.
         self.stop_signal: int | None = None
 
@@ -309,6 +313,7 @@ class Trainer:
         info = train_set.info
         source = self._read_resume(cfg.resume, info) if cfg.resume else None
         self.transfer = source is not None and source.transfer
+        self.resumed_from = None if source is None else source.path
         if source is None:
             G_kwargs, D_kwargs = network_kwargs(cfg, info.resolution, info.channels, info.c_dim)
         else:
@@ -355,7 +360,8 @@ class Trainer:
 
     def log(self, message: str) -> None:
         """Console (rank 0) and the run directory's log.txt."""
-        self._print(message)
+        with self.bar.hidden():
+            self._print(message)
         if self.run_dir is not None and self.dist.rank == 0:
             try:
                 with open(self.run_dir / "log.txt", "a") as f:
@@ -371,12 +377,17 @@ class Trainer:
             kwargs = state["G_kwargs"]
             self._check_compatible(path, kwargs["img_resolution"], kwargs["img_channels"], kwargs["c_dim"], info)
             same_data = state["dataset"].get("fingerprint") == info.fingerprint
+            if not same_data and Path(spec).is_dir():
+                raise UserError(
+                    f"--data={self.cfg.data} no longer holds the images the run in {spec} was trained on (they "
+                    f"changed); to train on them as they are, fine-tune into a new run: --resume={path}"
+                )
             source = ResumeSource(
                 path, state["G_kwargs"], state["D_kwargs"], state["G"], state["D"], state["G_ema"],
                 transfer=not same_data or bool(state.get("transfer", False)), state=state if same_data else None,
             )
             if same_data:
-                self._print(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:.1f} kimg")
+                self._print(f"Resuming from {path} at {state['progress']['cur_nimg'] / 1000:g} kimg")
                 self.last_snapshot = path
             else:
                 self._print(f"Fine-tuning from {path} (trained on other data): weights only, from 0 kimg")
@@ -394,12 +405,23 @@ class Trainer:
 
     @staticmethod
     def _check_compatible(path: Path, resolution: int, channels: int, c_dim: int, info: Any) -> None:
-        if (resolution, channels, c_dim) != (info.resolution, info.channels, info.c_dim):
-            raise UserError(
-                f"{path} was trained on {resolution}x{resolution}x{channels} images with {c_dim} classes, but "
-                f"--data is {info.resolution}x{info.resolution}x{info.channels} with {info.c_dim} classes; "
-                "convert the data with `ada dataset --resolution` or choose a matching checkpoint"
-            )
+        if (resolution, channels, c_dim) == (info.resolution, info.channels, info.c_dim):
+            return
+        convert = []
+        if resolution != info.resolution:
+            convert.append(f"--resolution {resolution}")
+        if channels != info.channels:
+            convert.append(f"--channels {channels}")
+        if convert:
+            fix = f"convert the data with `ada dataset --source DATA --dest out.zip {' '.join(convert)}`"
+        else:
+            fix = "leave --cond out (the network is unconditional)" if c_dim == 0 else (
+                f"give --cond=1 with labels of {c_dim} classes")
+        raise UserError(
+            f"{path} was trained on {resolution}x{resolution}x{channels} images with {c_dim} classes, but "
+            f"--data is {info.resolution}x{info.resolution}x{info.channels} with {info.c_dim} classes; "
+            f"{fix}, or choose a matching checkpoint"
+        )
 
     def uses_float16(self) -> bool:
         """Whether any block computes in float16 (which needs loss scaling): CUDA, mixed precision, not bf16."""
@@ -428,9 +450,11 @@ class Trainer:
 
     def _build_controller(self) -> AdaController:
         a = self.cfg.aug
-        ada_kimg = a.ada_kimg if a.ada_kimg is not None else (ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG)
+        if a.ada_kimg is None:
+            # Resolved here, where it is known whether this is a transfer run: the record shows the value used.
+            a.ada_kimg = ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG
         return AdaController(
-            target=a.target, interval=a.ada_interval, ada_kimg=ada_kimg, p=a.p, p_max=a.p_max,
+            target=a.target, interval=a.ada_interval, ada_kimg=a.ada_kimg, p=a.p, p_max=a.p_max,
             heuristic=a.heuristic, adjust=a.mode == "ada", start_kimg=a.ada_start_kimg,
         )
 
@@ -674,6 +698,8 @@ class Trainer:
         )
         exit_code = 1
         total_nimg = int(cfg.kimg * 1000)
+        # Within a tick, a progress bar on an interactive terminal (rank 0); logs get only the tick lines.
+        self.bar = TickBar(total_nimg, enabled=None if self.dist.rank == 0 else False)
         tick_nimg = int(cfg.tick * 1000)
         stop = StopRequested()
         stop.install()
@@ -682,8 +708,10 @@ class Trainer:
                 self._start_run_dir()
             tick_stats = TickStats()
             tick_start = time.time()
+            self.bar.start(self.progress.cur_tick, self.progress.cur_nimg, self._tick_end_nimg(tick_nimg, total_nimg))
             while True:
                 self.train_step(tick_stats)
+                self.bar.update(self.progress.cur_nimg)
                 if self.progress.batch_idx % HEALTH_CHECK_INTERVAL == 0:
                     self.check_health()
                 stopping = self._agree_to_stop(stop.requested)
@@ -693,18 +721,29 @@ class Trainer:
                 first = self.progress.cur_tick == 0
                 if not done and not first and self.progress.cur_nimg < self.progress.tick_start_nimg + tick_nimg:
                     continue
+                self.bar.close()
                 self._end_tick(tick_stats, time.time() - tick_start, final=done, stopping=stop.requested)
                 tick_stats = TickStats()
                 tick_start = time.time()
                 if done:
                     break
+                self.bar.start(self.progress.cur_tick, self.progress.cur_nimg,
+                               self._tick_end_nimg(tick_nimg, total_nimg))
             if stopping:
                 self.stop_signal = stop.signum or signal.SIGTERM
                 self.log("Stopped on request; final snapshot written.")
             exit_code = 0
         finally:
+            self.bar.close()
             stop.uninstall()
             self.tracker.finish(exit_code=exit_code)
+
+    def _tick_end_nimg(self, tick_nimg: int, total_nimg: int) -> int:
+        """Where the tick now starting ends: after one step for tick 0, else a tick later or at the end."""
+        prog = self.progress
+        if prog.cur_tick == 0:
+            return min(prog.cur_nimg + self.cfg.batch, total_nimg)
+        return min(prog.tick_start_nimg + tick_nimg, total_nimg)
 
     def _agree_to_stop(self, requested: bool) -> bool:
         """All ranks must stop after the same step, whichever of them saw the signal. With several
@@ -717,7 +756,7 @@ class Trainer:
 
     def _start_run_dir(self) -> None:
         run_dir = self.run_dir
-        atomic_write_text(run_dir / "training_options.json", json.dumps(self.cfg.to_dict(), indent=2))
+        atomic_write_text(run_dir / "training_options.json", json.dumps(options_record(self.cfg, run_dir), indent=2))
         remove_stale_temporaries(run_dir)
         stats = run_dir / "stats.jsonl"
         kept = 0
@@ -789,13 +828,16 @@ class Trainer:
                 self.say(f"{exc}; training goes on")
         if snapshot:
             kimg = prog.cur_nimg / 1000
-            name = ckpt_io.snapshot_name(kimg)
             rng_states = self.rng_states()  # a collective: on every rank
+            name = None
             if self.dist.rank == 0 and self.run_dir is not None:
-                grid_path = self.run_dir / f"fakes{int(kimg):06d}.png"
+                tag = ckpt_io.snapshot_tag(self.run_dir, prog.cur_nimg)
+                name = f"network-snapshot-{tag}.pt"
+                grid_path = self.run_dir / f"fakes{tag}.png"
                 try:
                     save_grid(self.generate_grid(), grid_path, *self.grid)
                     self.tracker.log_image(kimg, "fakes", grid_path)
+                    self.last_grid = grid_path
                 except UserError as exc:
                     self.say(f"{exc}; training goes on")
                 self.save_snapshot(self.run_dir / name, rng_states, final=final)
@@ -806,7 +848,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def evaluate_metrics(self, snapshot: str, kimg: float) -> None:
+    def evaluate_metrics(self, snapshot: str | None, kimg: float) -> None:
         """Every rank takes part; rank 0 writes metric-NAME.jsonl, the console line and wandb."""
         if self.metric_suite is None or not self.metric_suite.specs:
             return

@@ -64,7 +64,8 @@ def test_resume_restores_p_exactly(ada_run):
     trainer = Trainer(cfg, train_set, val_set, DistContext(), log=lambda m: None)
     assert saved["p"] > 0
     assert trainer.controller.p == saved["p"]
-    assert trainer.controller.ada_kimg == 500  # continuing the same data: not the transfer rate
+    # Continuing the run directory keeps the run's own --ada-kimg (not the default 500, not the transfer rate).
+    assert trainer.controller.ada_kimg == 1
 
 
 def test_collapse_signal_is_logged_and_warns_once(ada_run):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,10 @@ from ada.compare import (
     read_jsonl,
     summarize_run,
 )
+from ada.config import load_preset
 from ada.errors import UserError
+from ada.files import read_jsonl as read_stats
+from tests.conftest import REPO
 
 
 def _ticks(n: int, kimg_per_tick: float, *, ada: bool, phase: float) -> list[dict[str, Any]]:
@@ -88,18 +93,14 @@ def write_run(
     return run_dir
 
 
-OPTIONS = {
-    "data": "/data/faces-32.zip",
-    "cfg": "small",
-    "aug": "ada",
-    "target": 0.6,
-    "augpipe": "bgc",
-    "batch": 16,
-    "kimg": 80,
-    "resume": None,
-    "seed": 0,
-    "loss": {"r1_gamma": 0.05},
-}
+def trainer_options(aug: str = "ada", resume: str | None = None) -> dict[str, Any]:
+    """training_options.json as the trainer writes it: the resolved TrainConfig."""
+    cfg = load_preset("tiny")
+    cfg.data, cfg.kimg, cfg.aug.mode, cfg.resume = "/data/faces-32.zip", 80.0, aug, resume
+    return cfg.to_dict()
+
+
+OPTIONS = trainer_options()
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     noaug_run = write_run(
         tmp_path,
         "00001-faces-32-noaug",
-        {**OPTIONS, "aug": "noaug", "resume": "/ckpt/ffhq-256.pt"},
+        trainer_options(aug="noaug", resume="/ckpt/ffhq-256.pt"),
         _ticks(13, 4.0, ada=False, phase=1.3),
         {"fid50k_full": [(k, {"fid50k_full": v}) for k, v in [(16.0, 95.0), (32.0, 101.0), (48.0, 99.0)]]},
     )
@@ -158,7 +159,7 @@ def test_summary_numbers_equal_the_values_in_the_stats(two_runs: tuple[Path, Pat
     assert (ada_row["aug"], ada_row["target"], ada_row["cfg"], ada_row["dataset"]) == (
         "ada",
         0.6,
-        "small",
+        "tiny",
         "faces-32",
     )
     assert ada_row["ticks"] == 21
@@ -175,7 +176,7 @@ def test_table_shows_the_summary_numbers(two_runs: tuple[Path, Path]) -> None:
         assert len(fields) == 12, fields
         name, aug, target, cfg, resume, best, best_kimg, final, p, r_t, sec, kimg = fields
         expected = _expected(run_dir)
-        assert name == run_dir.name and cfg == "small"
+        assert name == run_dir.name and cfg == "tiny"
         assert float(best) == pytest.approx(expected["best"], rel=1e-3)
         assert float(best_kimg) == pytest.approx(expected["best_kimg"], abs=0.05)
         assert float(final) == pytest.approx(expected["final"], rel=1e-3)
@@ -193,7 +194,7 @@ def test_missing_values_show_as_dash(tmp_path: Path) -> None:
     row = summarize_run(write_run(tmp_path, "00002-empty", {}, ticks))
     assert row["metric"] is None and row["best"] is None and row["r_t_last10"] is None
     fields = format_table([row]).splitlines()[1].split()
-    assert fields[0] == "00002-empty" and fields[-1] == "0.0"
+    assert fields[0] == "00002-empty" and fields[-1] == "0"
     assert set(fields[1:-1]) == {"-", "scratch"}
 
 
@@ -244,7 +245,7 @@ def test_figure_has_one_line_per_run_with_the_stats_values(two_runs: tuple[Path,
 
 def test_panels_without_data_say_so(tmp_path: Path) -> None:
     ticks = [{"tick": t, "kimg": 4.0 * t, "p": 0.0, "r_t": None, "r_v": None} for t in range(3)]
-    figure = comparison_figure([write_run(tmp_path, "00008-noaug", {"aug": "noaug"}, ticks)])
+    figure = comparison_figure([write_run(tmp_path, "00008-noaug", trainer_options(aug="noaug"), ticks)])
     texts = [[text.get_text() for text in ax.texts] for ax in figure.axes]
     assert texts == [[], ["no data"], ["no data"], ["no data"]]
     assert figure.axes[3].get_title() == "metric"
@@ -343,3 +344,87 @@ def test_compare_command_rejects_bad_input_with_user_errors(
     assert isinstance(not_a_run.exception, UserError) and "no stats.jsonl" in str(not_a_run.exception)
     no_args = runner.invoke(compare, [])
     assert no_args.exit_code == 2 and "RUN_DIRS" in no_args.output
+
+
+# ----------------------------------------------------------------------------- official run directories
+
+
+def _official_tick(tick: int, kimg: float, p: float, signs: float) -> dict[str, Any]:
+    """A stats.jsonl line as the official training loop writes it: {num, mean, std} per key."""
+
+    def stat(value: float) -> dict[str, float]:
+        return {"num": 1, "mean": value, "std": 0.0}
+
+    return {
+        "Progress/tick": stat(tick), "Progress/kimg": stat(kimg), "Progress/augment": stat(p),
+        "Loss/signs/real": stat(signs), "Timing/sec_per_kimg": stat(9.5), "Loss/G/loss": stat(1.1),
+        "timestamp": 1_700_000_000.0 + tick,
+    }
+
+
+def test_official_run_directories_read_too(tmp_path: Path) -> None:
+    run_dir = tmp_path / "00000-metfaces-auto1-ada-target0.7"
+    run_dir.mkdir()
+    options = {
+        "training_set_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "/d/metfaces.zip"},
+        "augment_kwargs": {"class_name": "training.augment.AugmentPipe", "xflip": 1},
+        "ada_target": 0.7, "ada_kimg": 500, "resume_pkl": "/ckpt/ffhq-1024.pkl", "total_kimg": 25000,
+    }
+    (run_dir / "training_options.json").write_text(json.dumps(options))
+    ticks = [_official_tick(0, 0.032, 0.0, 0.9), _official_tick(1, 4.032, 0.05, 0.7),
+             _official_tick(2, 8.064, 0.1, 0.6)]
+    (run_dir / "stats.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    # The official metric lines name the snapshot but record no kimg.
+    metric = {"results": {"fid50k_full": 40.5}, "metric": "fid50k_full", "snapshot_pkl": "network-snapshot-000008.pkl"}
+    (run_dir / "metric-fid50k_full.jsonl").write_text(json.dumps(metric) + "\n")
+    row = summarize_run(run_dir)
+    assert (row["aug"], row["target"], row["dataset"], row["resume"]) == ("ada", 0.7, "metfaces", "ffhq-1024.pkl")
+    assert (row["p"], row["kimg"], row["best"], row["best_kimg"]) == (0.1, 8.064, 40.5, 8.0)
+    assert row["sec_per_kimg"] == 9.5
+    targets = [line for line in comparison_figure([run_dir]).axes[1].get_lines() if line.get_label() == "_target"]
+    assert len(targets) == 1 and list(targets[0].get_ydata()) == [0.7, 0.7]
+    noaug = {key: value for key, value in options.items() if key not in ("ada_target", "augment_kwargs")}
+    (run_dir / "training_options.json").write_text(json.dumps(noaug))
+    assert (summarize_run(run_dir)["aug"], summarize_run(run_dir)["target"]) == ("noaug", None)
+
+
+# ----------------------------------------------------------------------------- runs the trainer wrote
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny runs through the command line: ADA with target 0.7, and no augmentation."""
+    from ada.cli import main
+
+    outdir = tmp_path_factory.mktemp("runs")
+    common = ["train", "--cfg", "tiny", "--data", "lfw-faces16", "--subset", "8", "--tick", "0.032", "--kimg",
+              "0.064", "--outdir", str(outdir)]
+    main([*common, "--aug", "ada", "--target", "0.7", "--ada-kimg", "1", "--ada-interval", "1"])
+    main([*common, "--aug", "noaug"])
+    ada_run, noaug_run = sorted(outdir.iterdir())
+    return ada_run, noaug_run
+
+
+def test_compare_on_real_runs_shows_mode_and_target_and_draws_the_target_line(
+    real_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "compare.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "ada", "compare", *map(str, real_runs), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    header, ada_line, noaug_line = result.stdout.splitlines()[:3]
+    assert header.split()[:4] == ["run", "aug", "target", "cfg"]
+    assert ada_line.split()[:4] == [real_runs[0].name, "ada", "0.7", "tiny"]
+    assert noaug_line.split()[:4] == [real_runs[1].name, "noaug", "-", "tiny"]
+    # kimg to the image, and the p the ADA run ended with
+    assert ada_line.split()[-1] == noaug_line.split()[-1] == "0.064"
+    ada_p = read_stats(real_runs[0] / "stats.jsonl")[-1]["p"]
+    assert float(ada_line.split()[-4]) == pytest.approx(ada_p, abs=5e-4)
+    with Image.open(out) as image:
+        assert image.size == FIGURE_SIZE_PX
+    figure = comparison_figure(list(real_runs))
+    targets = [line for line in figure.axes[1].get_lines() if line.get_label() == "_target"]
+    assert len(targets) == 1 and list(targets[0].get_ydata()) == [0.7, 0.7]
+    assert targets[0].get_color() == "C0"  # the ADA run's colour; the noaug run has no target

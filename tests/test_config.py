@@ -6,9 +6,16 @@ import pytest
 
 from ada import config
 from ada.errors import UserError
+from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar", "tiny"])
+def test_the_presets_are_the_yaml_files_of_configs():
+    assert config.available_presets() == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert {"auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar", "tiny", "cpu"} <= set(
+        config.available_presets())
+
+
+@pytest.mark.parametrize("name", config.available_presets())
 def test_every_preset_loads_and_validates(name):
     cfg = config.load_preset(name)
     cfg.data = "somewhere"
@@ -43,7 +50,7 @@ def test_unknown_preset_names_the_choices():
 
 def test_unknown_option_in_overrides_is_refused():
     cfg = config.load_preset("tiny")
-    with pytest.raises(UserError, match="unknown option 'bogus'"):
+    with pytest.raises(UserError, match="unknown option 'loss.bogus'; known: loss.d_reg_interval"):
         config.apply_overrides(cfg, {"loss": {"bogus": 1}}, source="test")
 
 
@@ -52,12 +59,15 @@ def test_unknown_option_in_overrides_is_refused():
     [
         ({"batch": 6, "gpus": 4}, "not divisible by --gpus"),
         ({"batch": 6}, "minibatch-stddev group"),
-        ({"aug": {"target": 1.0}}, "--target=1.0 must lie strictly between 0 and 1"),
-        ({"aug": {"p": 1.5}}, "--p=1.5 must lie in"),
+        ({"aug": {"target": 1.0}}, r"--target=1.0 must be in \(0, 1\)"),
+        ({"aug": {"p": 1.5}}, r"--p=1.5 must be in \[0, 1\]"),
         ({"aug": {"pipe": "xyz"}}, "--augpipe=xyz is not one of"),
         ({"aug": {"mode": "always"}}, "--aug=always"),
-        ({"val": 1.0}, "--val=1.0"),
-        ({"kimg": 0}, "--kimg=0"),
+        ({"val": 1.0}, r"--val=1.0 must be in \[0, 1\)"),
+        ({"kimg": 0}, "--kimg=0.0 must be positive"),
+        ({"gpus": 0}, "--gpus=0 must be at least 1"),
+        ({"optim": {"lr": 0}}, "optim.lr=0.0 must be positive"),
+        ({"model": {"d_architecture": "deep"}}, "model.d_architecture=deep is not one of orig, skip, resnet"),
         ({"fp32": True, "bf16": True}, "contradict"),
         ({"aug": {"p_max": 0.5, "p": 0.6}}, "exceeds --p-max"),
     ],

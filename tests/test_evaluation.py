@@ -44,7 +44,7 @@ def test_training_writes_metric_files_at_snapshots(run_with_metrics):
     assert [r["kimg"] for r in fid] == pytest.approx([0.016, 0.048])  # tick 0 and the final snapshot
     assert all(r["results"]["fid200"] > 0 for r in fid)
     assert "kid200" in kid[-1]["results"]
-    assert fid[-1]["snapshot"] == "network-snapshot-000000.pt"
+    assert [r["snapshot"] for r in fid] == ["network-snapshot-000000.pt", "network-snapshot-000000_048.pt"]
 
 
 def test_ada_metrics_command_with_features(run_with_metrics, features, tmp_path, monkeypatch, capsys):

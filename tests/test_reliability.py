@@ -36,7 +36,7 @@ import torch
 
 import ada.loss
 import ada.training
-from ada.checkpoint import FORMAT, VERSION, load_checkpoint, load_generator
+from ada.checkpoint import FORMAT, VERSION, latest_snapshot, load_checkpoint, load_generator
 from ada.cli import main
 from ada.dataset_tool import convert
 from ada.distributed import DistContext
@@ -57,7 +57,7 @@ OVERRIDES = {
 }
 TOTAL_NIMG = 20  # 5 steps, 5 ticks, each with a snapshot
 TOTAL_KIMG = str(TOTAL_NIMG / 1000)
-SNAPSHOT = "network-snapshot-000000.pt"  # every snapshot below 1 kimg has this name
+SNAPSHOT = "network-snapshot-000000.pt"  # the first snapshot (tick 0); later ones below 1 kimg add _NNN
 # Stats fields that depend on the clock or the machine, not on the training.
 UNTIMED = {"timestamp", "sec_per_tick", "sec_per_kimg", "mem_cpu_gb", "mem_gpu_gb"}
 
@@ -156,7 +156,7 @@ def assert_clean_exit(exc_info, capsys, *patterns: str) -> str:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, dict]:
     run = train(tmp_path_factory.mktemp("reference"), "--kimg", TOTAL_KIMG)
-    return run, load_checkpoint(run / SNAPSHOT)
+    return run, load_checkpoint(latest_snapshot(run))
 
 
 def test_reference_run_moves_p(reference):
@@ -184,7 +184,7 @@ def test_sigkill_after_first_snapshot_then_resume_continues_exactly(reference, t
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, log.read_text()
     run = only_run(outdir)
-    snap = load_checkpoint(run / SNAPSHOT)
+    snap = load_checkpoint(latest_snapshot(run))
     resumed_at = snap["progress"]["cur_nimg"]
     assert 0 < resumed_at < TOTAL_NIMG
     assert snap["controller"]["p"] > 0  # p had moved: the resume must bring back this value, not 0
@@ -196,7 +196,7 @@ def test_sigkill_after_first_snapshot_then_resume_continues_exactly(reference, t
 
     assert only_run(outdir) == run  # continued in place
     assert not stale.exists()
-    final = load_checkpoint(run / SNAPSHOT)
+    final = load_checkpoint(latest_snapshot(run))
     assert final["progress"]["cur_nimg"] == TOTAL_NIMG
     stats = assert_stats_clean(run / "stats.jsonl", TOTAL_NIMG / 1000)
     ref_stats = read_jsonl(ref_run / "stats.jsonl")
@@ -222,7 +222,7 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
     assert proc.returncode == 128 + signal.SIGTERM, output  # not 0: a scheduler must tell preemption from completion
     assert "Stopped on request; final snapshot written." in output
     run = only_run(outdir)
-    snap = load_checkpoint(run / SNAPSHOT)
+    snap = load_checkpoint(latest_snapshot(run))
     stopped_at = snap["progress"]["cur_nimg"]
     # At least one step after the first snapshot (step 1), and far from --kimg 1.
     assert STEP_NIMG < stopped_at < TOTAL_NIMG and stopped_at % STEP_NIMG == 0
@@ -233,7 +233,7 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
 
     stats = assert_stats_clean(run / "stats.jsonl", TOTAL_NIMG / 1000)
     assert [untimed(r) for r in stats] == [untimed(r) for r in read_jsonl(ref_run / "stats.jsonl")]
-    assert_same_training_state(load_checkpoint(run / SNAPSHOT), ref_final)
+    assert_same_training_state(load_checkpoint(latest_snapshot(run)), ref_final)
 
 
 def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
@@ -246,9 +246,9 @@ def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
         if message.startswith("tick ") and len([m for m in messages if m.startswith("tick ")]) == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    trainer = build_trainer(log=log, kimg=1.0, resume=str(ref_run / SNAPSHOT))
+    trainer = build_trainer(log=log, kimg=1.0, resume=str(latest_snapshot(ref_run)))
     trainer.run(tmp_path)
-    snap = load_checkpoint(tmp_path / SNAPSHOT)
+    snap = load_checkpoint(latest_snapshot(tmp_path))
     # The interrupt came at the end of the first tick: one more step, then the final snapshot.
     assert snap["progress"]["cur_nimg"] == TOTAL_NIMG + 2 * STEP_NIMG
     assert messages[-1] == "Stopped on request; final snapshot written."
@@ -272,7 +272,7 @@ def test_ctrl_c_through_the_command_line_exits_130_after_the_final_snapshot(tmp_
         train(tmp_path / "runs", "--kimg", "1")
     assert exc_info.value.code == 128 + signal.SIGINT
     run = only_run(tmp_path / "runs")
-    assert load_checkpoint(run / SNAPSHOT)["progress"]["cur_nimg"] == 2 * STEP_NIMG
+    assert load_checkpoint(latest_snapshot(run))["progress"]["cur_nimg"] == 2 * STEP_NIMG
 
 
 def test_a_damaged_stats_line_is_set_aside_and_every_later_line_kept(reference, tmp_path):
@@ -293,7 +293,7 @@ def test_a_damaged_stats_line_is_set_aside_and_every_later_line_kept(reference, 
     assert (run / "stats.jsonl.corrupt").read_bytes() == damaged
     assert "1 damaged line(s) of" in (run / "log.txt").read_text()
     # The snapshot counts the kept lines: a later resume trims to them and nothing else.
-    assert load_checkpoint(run / SNAPSHOT)["progress"]["stats_lines"] == 5
+    assert load_checkpoint(latest_snapshot(run))["progress"]["stats_lines"] == 5
 
 
 def test_one_process_at_a_time_trains_in_a_run_directory(reference, tmp_path, capsys):
@@ -317,7 +317,7 @@ def test_one_process_at_a_time_trains_in_a_run_directory(reference, tmp_path, ca
         first.kill()
         first.wait()
     assert first.returncode == -signal.SIGKILL
-    end_kimg = (load_checkpoint(run / SNAPSHOT)["progress"]["cur_nimg"] + STEP_NIMG) / 1000
+    end_kimg = (load_checkpoint(latest_snapshot(run))["progress"]["cur_nimg"] + STEP_NIMG) / 1000
     main(["train", *RUN, "--kimg", str(end_kimg), "--outdir", str(run.parent), "--resume", str(run)])
     assert only_run(run.parent) == run
     assert_stats_clean(run / "stats.jsonl", end_kimg)
@@ -411,10 +411,11 @@ def test_persistent_non_finite_loss_stops_the_run_with_the_last_snapshot_intact(
     with pytest.raises(SystemExit) as exc_info:
         train(outdir, "--kimg", "1")
     run = only_run(outdir)
-    assert_clean_exit(exc_info, capsys, "training diverged", "2 Gmain steps in a row", str(run / SNAPSHOT))
+    last = latest_snapshot(run)
+    assert_clean_exit(exc_info, capsys, "training diverged", "2 Gmain steps in a row", str(last))
     # Step 2 was skipped and counted, and the snapshot after it holds the last good (unchanged) G;
     # step 3 was the second bad one in a row, and nothing was written after it.
-    snap = load_checkpoint(run / SNAPSHOT)
+    snap = load_checkpoint(last)
     assert snap["progress"]["cur_nimg"] == 3 * STEP_NIMG and snap["progress"]["skipped_steps"] == 1
     assert all(torch.isfinite(t).all() for net in ("G", "D", "G_ema") for t in snap[net].values())
     stats = read_jsonl(run / "stats.jsonl")
@@ -434,9 +435,11 @@ def test_divergence_inside_a_long_tick_is_caught_at_the_next_health_check(tmp_pa
     # Steps 2 .. check-1 were bad; the check after step check-1 stopped the run.
     assert len(calls) == check
     run = only_run(outdir)
+    last = latest_snapshot(run)
+    assert last == run / SNAPSHOT  # nothing was written after tick 0
     assert_clean_exit(exc_info, capsys, f"{check - 2} Gmain steps in a row", f"by {check * STEP_NIMG / 1000:.3f} kimg",
-                      str(run / SNAPSHOT))
-    snap = load_checkpoint(run / SNAPSHOT)
+                      str(last))
+    snap = load_checkpoint(last)
     assert snap["progress"]["cur_nimg"] == STEP_NIMG  # tick 0's snapshot, written before anything went wrong
 
 
@@ -490,7 +493,8 @@ def test_full_disk_ends_a_run_with_a_clear_message_and_the_previous_snapshot_int
 
     run = tmp_path / "runs" / reference[0].name
     shutil.copytree(reference[0], run)
-    before = (run / SNAPSHOT).read_bytes()
+    last = latest_snapshot(run)
+    before = last.read_bytes()
     stats_before = read_jsonl(run / "stats.jsonl")
     limit = len(before) // 4  # room for stats, logs and grids, not for a snapshot
 
@@ -505,9 +509,9 @@ def test_full_disk_ends_a_run_with_a_clear_message_and_the_previous_snapshot_int
     assert "Traceback" not in output
     error = output.strip().splitlines()[-1]
     assert error.startswith("error: could not write") and "File too large" in error
-    assert f"the last good snapshot is {run / SNAPSHOT}" in error
-    assert (run / SNAPSHOT).read_bytes() == before
-    assert load_checkpoint(run / SNAPSHOT)["progress"]["cur_nimg"] == TOTAL_NIMG
+    assert f"the last good snapshot is {last}" in error
+    assert last.read_bytes() == before and latest_snapshot(run) == last
+    assert load_checkpoint(last)["progress"]["cur_nimg"] == TOTAL_NIMG
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     # The stats line past the snapshot is there and complete; a later resume trims it.
     stats = assert_stats_clean(run / "stats.jsonl", (TOTAL_NIMG + STEP_NIMG) / 1000)

@@ -8,6 +8,7 @@ hang, data silently lost or a wrong input silently accepted, and checks that it 
 from __future__ import annotations
 
 import errno
+import importlib.resources
 import json
 import os
 import subprocess
@@ -361,25 +362,26 @@ def test_compare_refuses_metric_results_that_are_not_an_object(finished_run, cap
 # ----- 18. presets -----
 
 
-def test_a_preset_value_of_the_wrong_type_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_preset_value_of_the_wrong_type_is_refused(tmp_path, capsys):
     presets = tmp_path / "configs"
     presets.mkdir()
-    tiny = (ada.config.CONFIG_DIR / "tiny.yaml").read_text()
+    tiny = (importlib.resources.files(ada.config.PRESET_PACKAGE) / "tiny.yaml").read_text()
     (presets / "typo.yaml").write_text(tiny + "\nkimg: 1O\n")
     (presets / "broken.yaml").write_text("kimg: [1\n")
     (presets / "listed.yaml").write_text("- kimg\n")
-    monkeypatch.setattr(ada.config, "CONFIG_DIR", presets)
     base = ["train", "--data", "lfw-faces16", "--outdir", str(tmp_path / "runs"), "-n"]
-    cli_error(capsys, [*base, "--cfg", "typo"], "typo.yaml", "'kimg' is '1O', which is not a number")
-    cli_error(capsys, [*base, "--cfg", "broken"], "broken.yaml", "not valid YAML")
-    cli_error(capsys, [*base, "--cfg", "listed"], "listed.yaml", "must be a mapping")
+    cli_error(capsys, [*base, "--cfg", str(presets / "typo.yaml")], "typo.yaml", "kimg: '1O' is not a number")
+    cli_error(capsys, [*base, "--cfg", str(presets / "broken.yaml")], "broken.yaml", "not valid YAML")
+    cli_error(capsys, [*base, "--cfg", str(presets / "listed.yaml")], "listed.yaml", "is a mapping of options")
 
 
-def test_cfg_with_a_file_path_is_refused_in_one_line(tmp_path, capsys):
+def test_cfg_with_a_file_path_reads_that_file_alone(tmp_path, capsys):
+    """--cfg takes YAML files (issue 17); a path never escapes to configs/ nor finds a file by another name."""
     (tmp_path / "mine.yaml").write_text("kimg: 1\n")
     base = ["train", "--data", "lfw-faces16", "--outdir", str(tmp_path / "runs"), "-n"]
-    for path in (tmp_path / "mine.yaml", tmp_path / "mine"):  # the second used to load mine.yaml by accident
-        cli_error(capsys, [*base, "--cfg", str(path)], "not a file path")
+    main([*base, "--cfg", str(tmp_path / "mine.yaml")])
+    assert '"kimg": 1.0' in capsys.readouterr().out
+    cli_error(capsys, [*base, "--cfg", str(tmp_path / "mine")], "mine: no such file")  # not mine.yaml
 
 
 # ----- 21. ada dataset names the bad source image -----

@@ -180,7 +180,7 @@ def test_fine_tune_on_other_data_takes_the_weights_and_starts_fresh(base_run, ot
 def test_fine_tune_through_the_cli_writes_a_new_run_and_leaves_the_source_alone(base_run, other_data, tmp_path):
     before = listing(base_run)
     stats_before = (base_run / "stats.jsonl").read_text()
-    run = train(tmp_path / "runs", "--data", str(other_data), "--kimg", "0.004", "--resume", str(base_run))
+    run = train(tmp_path / "runs", "--data", str(other_data), "--kimg", "0.004", "--resume", str(snapshot_of(base_run)))
     assert run.parent == tmp_path / "runs" and run.name.startswith("00000-portraits-") and "resume" in run.name
     ckpt = load_checkpoint(snapshot_of(run))
     assert ckpt["progress"]["cur_nimg"] == 4  # started at 0 kimg, not at the source's 0.004
@@ -193,12 +193,15 @@ def test_fine_tune_through_the_cli_writes_a_new_run_and_leaves_the_source_alone(
 def test_checkpoint_and_data_of_other_size_or_channels_is_one_clear_line(base_run, tmp_path, capsys):
     rgb = tmp_path / "rgb"
     write_images(rgb, 8, 16, mode="RGB")
-    line = cli_error(capsys, *TRAIN, "--data", str(rgb), "--resume", str(base_run), "--outdir", str(tmp_path / "o"))
-    assert "16x16x1" in line and "16x16x3" in line
+    snapshot = str(snapshot_of(base_run))
+    line = cli_error(capsys, *TRAIN, "--data", str(rgb), "--resume", snapshot, "--outdir", str(tmp_path / "o"))
+    # The fix for other channels is a channel conversion, not another resolution.
+    assert "16x16x1" in line and "16x16x3" in line and "ada dataset" in line and "--channels 1" in line
+    assert "--resolution" not in line
     big = tmp_path / "big"
     write_images(big, 8, 32, mode="L")
-    line = cli_error(capsys, *TRAIN, "--data", str(big), "--resume", str(base_run), "--outdir", str(tmp_path / "o"))
-    assert "16x16x1" in line and "32x32x1" in line
+    line = cli_error(capsys, *TRAIN, "--data", str(big), "--resume", snapshot, "--outdir", str(tmp_path / "o"))
+    assert "16x16x1" in line and "32x32x1" in line and "--resolution 16" in line and "--channels" not in line
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 

@@ -1,0 +1,169 @@
+"""What a run directory records and how a run is continued from it.
+
+`--resume RUN_DIR` continues that run in place: its options come from the directory's
+`training_options.json` (or, without one, from its newest snapshot), so no other flag is needed.
+`--kimg` may extend it, and options that only say how to run it (GPUs, workers, precision
+switches, ticks, snapshots, metrics, wandb) may change. An option that would change the run
+itself (data, preset, batch, gamma, augmentation, any `defines_run` field) is refused: that is
+a fine-tune into a new run, from one of its snapshot files.
+
+The end of a run prints `summary(...)`: where it got to, the files it left and the commands
+that continue from them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from ada import config
+from ada.checkpoint import latest_snapshot, load_checkpoint
+from ada.config import TrainConfig
+from ada.errors import UserError
+from ada.progress import format_duration
+
+OPTIONS_FILE = "training_options.json"
+# Written by versions before the dry run became a command-line action rather than a config field.
+_RETIRED_KEYS = ("dry_run",)
+
+
+def continued_run(overrides: dict[str, Any]) -> Path | None:
+    """The run directory that `--resume` names, if it names one."""
+    resume = overrides.get("resume")
+    if resume is None or not str(resume).strip():  # an empty --resume= is refused by validation
+        return None
+    path = Path(resume).expanduser()
+    return path if path.is_dir() else None
+
+
+def canonical_data(spec: str) -> str:
+    """--data as a run records it: a built-in name as it is, a path made absolute, so that the run
+    can be continued from any working directory."""
+    from ada import builtin
+
+    return spec if not spec or builtin.is_builtin(spec) else str(Path(spec).expanduser().resolve())
+
+
+def stored_options(run_dir: Path) -> dict[str, Any] | None:
+    """The run's training_options.json, or None if it has none."""
+    path = run_dir / OPTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it ({' '.join(str(exc).split())})") from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{path}: not a JSON object of options")
+    return stored
+
+
+def stored_config(run_dir: Path) -> TrainConfig:
+    """The configuration the run in `run_dir` was started (or last continued) with."""
+    stored = stored_options(run_dir)
+    source = str(run_dir / OPTIONS_FILE)
+    if stored is None:
+        snapshot = latest_snapshot(run_dir)
+        if snapshot is None:
+            raise UserError(
+                f"--resume={run_dir}: not a run directory (no {OPTIONS_FILE}, no network-snapshot-*.pt)"
+            )
+        stored, source = load_checkpoint(snapshot)["config"], str(snapshot)
+    stored = {k: v for k, v in stored.items() if k not in _RETIRED_KEYS}
+    cfg = TrainConfig(cfg=str(stored.pop("cfg", "auto")))
+    config.apply_overrides(cfg, stored, source=source)
+    return cfg
+
+
+def _preset_id(spec: str) -> str:
+    return str(Path(spec).expanduser().resolve()) if config.is_preset_file(spec) else spec
+
+
+def _same(setting: config.Setting, given: Any, stored: Any) -> bool:
+    if setting.key == "data":
+        return canonical_data(str(given)) == stored
+    try:
+        return config.coerce(setting, given) == stored
+    except ValueError:
+        return False
+
+
+def continue_config(run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's stored configuration with the options the user may change on a continued run.
+
+    `preset` is the --cfg the user gave (None: not given), already mapped for this machine.
+    """
+    cfg = stored_config(run_dir)
+    snapshot = latest_snapshot(run_dir)
+    fine_tune = (
+        f"fine-tune into a new run with --resume={snapshot} and your flags"
+        if snapshot is not None else "start a new run"
+    )
+
+    def refuse(what: str, was: str) -> None:
+        raise UserError(
+            f"{what} would change the run in {run_dir} (it was started with {was}); leave the flag out to "
+            f"continue it as it was, or {fine_tune}"
+        )
+
+    if preset is not None and _preset_id(preset) != _preset_id(cfg.cfg):
+        refuse(f"--cfg={preset}", f"--cfg={config.preset_label(cfg.cfg)}")
+    given = config.flatten(overrides)
+    allowed: dict[str, Any] = {}
+    for key, value in given.items():
+        setting = config.settings()[key]
+        if key == "resume":
+            continue
+        if key == "outdir":
+            if Path(value).expanduser().resolve() != run_dir.expanduser().resolve().parent:
+                raise UserError(f"--outdir={value}: a continued run stays in {run_dir}; leave --outdir out")
+            continue
+        stored = config.get(cfg, key)
+        if setting.option.defines_run and not _same(setting, value, stored):
+            name = setting.option.flag or f"--set {key}"
+            refuse(f"{name}={value}", f"{config.settings()[key].option.flag or key}={stored}")
+        allowed[key] = value
+    if "gpus" in allowed and "batch_gpu" not in allowed and cfg.batch_gpu:
+        # Another GPU count splits the batch differently: keep the stored pass size where it still fits.
+        if (cfg.batch // allowed["gpus"]) % cfg.batch_gpu:
+            cfg.batch_gpu = None
+    config.apply_overrides(cfg, config.nest(allowed), source="command line")
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def options_record(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """What training_options.json holds: the resolved configuration. A run continued in place keeps
+    its record of what it started from (`resume`), not itself."""
+    record = cfg.to_dict()
+    if cfg.resume and Path(cfg.resume).expanduser().resolve() == run_dir.resolve():
+        record["resume"] = (stored_options(run_dir) or {}).get("resume")
+    return record
+
+
+def summary(
+    run_dir: Path, *, start_kimg: float, end_kimg: float, target_kimg: float, seconds: float,
+    snapshot: Path | None, grid: Path | None, stop_signal: int | None, command: str,
+) -> str:
+    """The lines that end a run: how far it got, its last files, and how to use and continue them.
+
+    `stop_signal`: the signal (SIGTERM, SIGINT) that stopped the run early, or None if it finished.
+    """
+    stopped = stop_signal is not None
+    done = f"Stopped by {signal.Signals(stop_signal).name}" if stopped else "Finished"
+    lines = [
+        f"{done} at {end_kimg:g} kimg of {target_kimg:g} ({end_kimg - start_kimg:g} kimg trained in "
+        f"{format_duration(seconds)}).",
+    ]
+    if snapshot is not None:
+        lines.append(f"  final snapshot  {snapshot}")
+    if grid is not None:
+        lines.append(f"  sample grid     {grid}")
+    if snapshot is not None:
+        out = run_dir / "generated"
+        lines.append(f"  generate        ada generate --network {snapshot} --seeds 0-15 --outdir {out}")
+    more = "" if stopped else f" --kimg {2 * target_kimg:g}"
+    lines.append(f"  continue        {command} --resume {run_dir}{more}")
+    return "\n".join(lines)
