@@ -56,6 +56,8 @@ TRAIN_FIELDS = {
     "ada_kimg": "aug.ada_kimg",
     "ada_interval": "aug.ada_interval", "ada_start_kimg": "aug.ada_start_kimg", "ada_heuristic": "aug.heuristic",
     "p_max": "aug.p_max",
+    "lecam": "loss.lecam", "lecam_decay": "loss.lecam_decay", "diffaug_policy": "aug.diffaug_policy",
+    "apa": "aug.apa", "apa_target": "aug.apa_target", "apa_kimg": "aug.apa_kimg",
     "wandb_project": "wandb.project", "wandb_entity": "wandb.entity", "wandb_group": "wandb.group",
     "wandb_name": "wandb.name", "wandb_mode": "wandb.mode", "features": "features", "ppl_net": "ppl_net",
     "pr_net": "pr_net", "tensorboard": "tensorboard",
@@ -83,7 +85,7 @@ def cli() -> None:
 @click.option("--kimg", type=float, help="Training length in thousands of real images", metavar="KIMG")
 @click.option("--batch", type=click.IntRange(min=1), help="Total batch size over all GPUs", metavar="INT")
 @click.option("--batch-gpu", type=click.IntRange(min=1), help="Images per GPU per pass (gradient accumulation)")
-@click.option("--aug", type=click.Choice(["ada", "noaug", "fixed"]), help="Augmentation mode [default: ada]")
+@click.option("--aug", type=click.Choice(["ada", "noaug", "fixed", "diffaug"]), help="Augmentation mode [default: ada]")
 @click.option("--p", type=float, help="Augmentation probability for --aug=fixed", metavar="FLOAT")
 @click.option("--target", type=float, help="ADA target value of the overfitting heuristic [default: 0.6]")
 @click.option("--augpipe", help="Augmentation pipeline preset [default: bgc]", metavar="NAME")
@@ -106,6 +108,15 @@ def cli() -> None:
 @click.option("--ada-interval", type=click.IntRange(min=1), help="Minibatches between p updates [default: 4]")
 @click.option("--ada-heuristic", type=click.Choice(["rt", "rv"]), help="Heuristic that drives p [default: rt]")
 @click.option("--p-max", type=float, help="Upper bound for the adaptive p [default: 1]", metavar="FLOAT")
+@click.option("--diffaug-policy", help="DiffAugment policies for --aug=diffaug [default: color,translation,cutout]",
+              metavar="LIST")
+@click.option("--lecam", type=float, help="LeCam penalty weight on D's logits [default: 0, off]", metavar="FLOAT")
+@click.option("--lecam-decay", type=float, help="EMA decay of the LeCam anchors [default: 0.99]", metavar="FLOAT")
+@click.option("--apa", type=bool, help="Adaptive pseudo augmentation (APA) [default: false]", metavar="BOOL")
+@click.option("--apa-target", type=float, help="APA target of the overfitting heuristic [default: --target]",
+              metavar="FLOAT")
+@click.option("--apa-kimg", type=float, help="APA speed: kimg for p_apa to move by 1 [default: --ada-kimg]",
+              metavar="KIMG")
 @click.option("--features", help="TorchScript feature network for the metrics instead of Inception", metavar="PATH")
 @click.option("--pr-net", help="TorchScript feature network for precision/recall (NVIDIA's vgg16.pt)",
               metavar="PATH")

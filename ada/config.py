@@ -29,7 +29,7 @@ from ada.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-AUG_MODES = ("ada", "noaug", "fixed")
+AUG_MODES = ("ada", "noaug", "fixed", "diffaug")
 ADA_HEURISTICS = ("rt", "rv")
 D_ARCHITECTURES = ("orig", "skip", "resnet")
 
@@ -57,6 +57,9 @@ class LossConfig:
     # Lazy regularisation: R1 every d_reg_interval D steps, path length every g_reg_interval G steps.
     g_reg_interval: int = 4
     d_reg_interval: int = 16
+    # LeCam penalty on D's logits (ada/lecam.py): its weight (0: off) and the decay of its anchors.
+    lecam: float = 0.0
+    lecam_decay: float = 0.99
 
 
 @dataclass
@@ -84,6 +87,13 @@ class AugConfig:
     ada_start_kimg: float = 0.0
     # Kornia augmentations after the pipeline, applied with probability p: 'perspective:0.3,blur'.
     extra: str | None = None
+    # mode 'diffaug': DiffAugment's policies (augment/diffaug.py), applied to every image.
+    diffaug_policy: str = "color,translation,cutout"
+    # APA: reals replaced by generated images with a probability that ADA's law adapts; its target
+    # and speed (None: those of ADA, target and ada_kimg).
+    apa: bool = False
+    apa_target: float | None = None
+    apa_kimg: float | None = None
 
 
 @dataclass
@@ -298,6 +308,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(aug.ada_kimg is None or aug.ada_kimg > 0, f"--ada-kimg={aug.ada_kimg} must be positive")
     _check(aug.ada_start_kimg >= 0, f"--ada-start-kimg={aug.ada_start_kimg} must be >= 0")
     _check(aug.heuristic in ADA_HEURISTICS, f"--ada-heuristic={aug.heuristic} is not one of rt, rv")
+    _check_beyond_ada(cfg)
     _check(0 < aug.p_max <= 1, f"--p-max={aug.p_max} must lie in (0, 1]")
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
     from augment.extra_stages import parse_extra
@@ -326,7 +337,24 @@ def validate(cfg: TrainConfig) -> None:
 
 # Config field -> the command-line flag that sets it, where they differ, for messages.
 _FLAG_NAMES = {"loss.r1_gamma": "--gamma", "aug.p": "--p", "aug.target": "--target", "aug.ada_kimg": "--ada-kimg",
-               "aug.p_max": "--p-max"}
+               "aug.p_max": "--p-max", "loss.lecam": "--lecam", "loss.lecam_decay": "--lecam-decay",
+               "aug.apa_target": "--apa-target", "aug.apa_kimg": "--apa-kimg"}
+
+
+def _check_beyond_ada(cfg: TrainConfig) -> None:
+    """LeCam, DiffAugment and APA (numbers are finite by now: `_check_finite`)."""
+    from augment.diffaug import parse_policy
+
+    loss, aug = cfg.loss, cfg.aug
+    _check(loss.lecam >= 0, f"--lecam={loss.lecam} must be >= 0 (0 turns the LeCam penalty off)")
+    _check(0 <= loss.lecam_decay < 1, f"--lecam-decay={loss.lecam_decay} must lie in [0, 1)")
+    try:
+        parse_policy(aug.diffaug_policy)
+    except ValueError as exc:
+        raise UserError(f"--diffaug-policy: {exc}") from None
+    _check(aug.apa_target is None or 0 < aug.apa_target < 1,
+           f"--apa-target={aug.apa_target} must lie strictly between 0 and 1")
+    _check(aug.apa_kimg is None or aug.apa_kimg > 0, f"--apa-kimg={aug.apa_kimg} must be positive")
 
 
 def _check_finite(cfg: Any, prefix: str = "") -> None:
@@ -352,8 +380,15 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check(not (mode == "fixed" and "p" not in aug), "--aug=fixed requires --p")
     _check("p" not in aug or mode == "fixed", "--p can only be given with --aug=fixed")
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
-    _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
-    _check("extra" not in aug or mode != "noaug", "--aug-extra cannot be given with --aug=noaug")
+    for key, flag in (("pipe", "--augpipe"), ("extra", "--aug-extra")):
+        for other in ("noaug", "diffaug"):
+            _check(key not in aug or mode != other, f"{flag} cannot be given with --aug={other}")
+    _check("diffaug_policy" not in aug or mode == "diffaug", "--diffaug-policy can only be given with --aug=diffaug")
+    for key, flag in (("apa_target", "--apa-target"), ("apa_kimg", "--apa-kimg")):
+        _check(key not in aug or aug.get("apa") is True, f"{flag} can only be given with --apa=1")
+    loss = given.get("loss", {})
+    _check("lecam_decay" not in loss or loss.get("lecam", 0) > 0,
+           "--lecam-decay can only be given with --lecam > 0")
     for key, flag in (("ada_kimg", "--ada-kimg"), ("ada_interval", "--ada-interval"),
                       ("ada_start_kimg", "--ada-start-kimg"),
                       ("heuristic", "--ada-heuristic"), ("p_max", "--p-max")):
@@ -365,7 +400,7 @@ def check_against_data(cfg: TrainConfig, resolution: int) -> None:
     _check(4 <= resolution <= 1024, f"the data is {resolution}x{resolution}; resolutions 4..1024 are supported")
     _check(math.log2(resolution).is_integer(), f"the data resolution {resolution} is not a power of two")
     _check(
-        resolution >= 8 or cfg.aug.mode == "noaug",
+        resolution >= 8 or cfg.aug.mode in ("noaug", "diffaug"),
         f"the augmentation pipeline needs images of at least 8x8 (the data is {resolution}x{resolution}); "
         "use --aug=noaug",
     )
