@@ -3,8 +3,10 @@
 Zhao, Liu, Lin, Zhu and Han, "Differentiable Augmentation for Data-Efficient GAN Training",
 NeurIPS 2020. Unlike ADA there is no probability: every image, real or generated, gets every
 transform of the policy, each image with its own random parameters. The laws, from the paper
-(Sec. 3.2 / Appendix) and its reference implementation (`DiffAugment_pytorch.py` in
-mit-han-lab/data-efficient-gans), in the order they run within a policy:
+(translation within [-1/8, 1/8] of the image size padded with zeros, cutout of a random square of
+half the image size, brightness in [-0.5, 0.5], contrast in [0.5, 1.5], saturation in [0, 2]) and
+its reference implementation (`DiffAugment_pytorch.py` in mit-han-lab/data-efficient-gans, for the
+details), in the order they run within a policy:
 
     color        brightness  x + b                   b ~ U[-0.5, 0.5)
                  saturation  m_px + s (x - m_px)     s ~ U[0, 2)      m_px: each pixel's mean over channels
@@ -16,11 +18,11 @@ mit-han-lab/data-efficient-gans), in the order they run within a policy:
                  and the square is clipped at the border
 
 (round() rounds halves up, as the reference's int(size * ratio + 0.5) does: t = 2 and a side of 8
-at 16 px.) The reference applies these constants to images in [-1, 1] (its StyleGAN2 and BigGAN
-trainers scale pixels by / 127.5 - 1), which is the range of ours, so they apply unchanged: a
-brightness offset moves an image by up to a quarter of its range, and the 0 that translation and
-cutout fill in is mid-grey. On one-channel images saturation is the identity (each pixel is its
-own channel mean), as in the reference.
+at 16 px.) The reference applies these constants to images in [-1, 1] (its StyleGAN2 trainer
+scales pixels by / 127.5 - 1, its BigGAN one normalises with mean and std 0.5), the range of ours,
+so they apply unchanged here: a brightness offset moves an image by up to a quarter of its range,
+and the 0 that translation and cutout fill in is mid-grey. On one-channel images saturation is the
+identity (each pixel is its own channel mean), as in the reference.
 
 Usable on its own (it imports nothing from `ada`):
 
