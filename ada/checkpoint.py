@@ -3,8 +3,8 @@
 It loads with `torch.load(weights_only=True)`, which never runs code from the file, so a
 checkpoint from a stranger is safe to open. It holds everything needed to continue a run
 exactly: G, D and G_ema (with their constructor arguments), both optimisers, the
-augmentation p and controller state, the training progress, RNG states and the resolved
-configuration.
+augmentation p and controller state (and APA's, and the LeCam anchors, where the run uses them),
+the training progress, RNG states and the resolved configuration.
 
 A file that is not such a checkpoint, or one damaged on disk, is refused before any network is
 built: its structure (keys, types, network arguments, tensor shapes, finite values) is checked
@@ -224,16 +224,33 @@ def _is_rng_state(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.shape == torch.get_rng_state().shape
 
 
+def _controller_problem(controller: Any, what: str, p_name: str) -> str | None:
+    if not isinstance(controller, dict) or not all(
+        _is_finite_number(controller.get(k)) for k in ("p", "sign_sum", "sign_count")
+    ):
+        return f"its {what} state is not numbers"
+    if not 0 <= controller["p"] <= 1:
+        return f"its {p_name}={controller['p']} is outside [0, 1]"
+    return None
+
+
 def _training_state_problem(ckpt: dict[str, Any]) -> str | None:
     """The parts a resume restores besides the networks (Adam's moments: `check_optimizer_state`)."""
     progress = ckpt["progress"]
     if not {"cur_nimg", "cur_tick", "batch_idx"} <= progress.keys() or not all(map(_is_count, progress.values())):
         return "its progress counters are missing or not counts"
-    controller = ckpt["controller"]
-    if not all(_is_finite_number(controller.get(k)) for k in ("p", "sign_sum", "sign_count")):
-        return "its ADA controller state is not numbers"
-    if not 0 <= controller["p"] <= 1:
-        return f"its augmentation probability p={controller['p']} is outside [0, 1]"
+    problem = _controller_problem(ckpt["controller"], "ADA controller", "augmentation probability p")
+    # APA's controller and LeCam's anchors: None (or absent, in older checkpoints) when the run had them off.
+    if problem is None and ckpt.get("apa_controller") is not None:
+        problem = _controller_problem(ckpt["apa_controller"], "APA controller", "APA probability p_apa")
+    if problem:
+        return problem
+    lecam = ckpt.get("lecam")
+    if lecam is not None and (
+        not isinstance(lecam, dict) or not _is_finite_tensor(lecam.get("ema"), numel=2)
+        or not _is_count(lecam.get("steps"))
+    ):
+        return "its LeCam anchors are not two finite numbers with a count of updates"
     if not _is_finite_tensor(ckpt["pl_mean"], numel=1):
         return "its path-length mean is not one finite number"
     rng = ckpt["rng"]

@@ -99,6 +99,11 @@ class LossConfig:
     # Lazy regularisation: R1 every d_reg_interval D steps, path length every g_reg_interval G steps.
     g_reg_interval: int = option(4, ge=1, help="G steps between path-length regularisation steps")
     d_reg_interval: int = option(16, ge=1, help="D steps between R1 regularisation steps")
+    # LeCam penalty on D's logits (ada/lecam.py): its weight (0: off) and the decay of its anchors.
+    lecam: float = option(0.0, flag="--lecam", ge=0, metavar="FLOAT", default_text="0, off",
+                          help="LeCam penalty weight on D's logits (Tseng et al. 2021)")
+    lecam_decay: float = option(0.99, flag="--lecam-decay", ge=0, lt=1, metavar="FLOAT",
+                                help="EMA decay of the LeCam anchors")
 
 
 @dataclass
@@ -114,8 +119,8 @@ class OptimConfig:
 
 @dataclass
 class AugConfig:
-    mode: str = option("ada", flag="--aug", official=True, choices=("ada", "noaug", "fixed"),
-                       help="Augmentation mode")
+    mode: str = option("ada", flag="--aug", official=True, choices=("ada", "noaug", "fixed", "diffaug"),
+                       help="Augmentation mode (diffaug: DiffAugment, Zhao et al. 2020)")
     pipe: str = option("bgc", flag="--augpipe", official=True, choices=tuple(AUGPIPE_PRESETS),
                        help="Augmentation pipeline")
     p: float = option(0.0, flag="--p", official=True, ge=0, le=1, metavar="FLOAT",
@@ -137,6 +142,16 @@ class AugConfig:
     extra: str | None = option(None, flag="--aug-extra", metavar="LIST", default_text="none",
                                help="Kornia augmentations after the pipeline, with probability p: "
                                     "perspective[:0.3], erasing[:0.33], blur[:1], sharpness[:0.5]")
+    # mode 'diffaug': DiffAugment's policies (augment/diffaug.py), applied to every image.
+    diffaug_policy: str = option("color,translation,cutout", flag="--diffaug-policy", metavar="LIST",
+                                 help="DiffAugment policies for --aug=diffaug")
+    # APA: reals replaced by generated images with a probability that ADA's law adapts; its target
+    # and speed (None: those of ADA, target and ada_kimg).
+    apa: bool = option(False, flag="--apa", help="Adaptive pseudo augmentation (APA, Jiang et al. 2021)")
+    apa_target: float | None = option(None, flag="--apa-target", gt=0, lt=1, metavar="FLOAT", default_text="--target",
+                                      help="APA target of the overfitting heuristic")
+    apa_kimg: float | None = option(None, flag="--apa-kimg", gt=0, metavar="KIMG", default_text="--ada-kimg",
+                                    help="APA speed: kimg for p_apa to move by 1")
 
 
 @dataclass
@@ -569,6 +584,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(not (cfg.fp32 and cfg.bf16), "--fp32 and --bf16 contradict each other; give one")
     aug = cfg.aug
     _check(aug.p <= aug.p_max, f"--p={aug.p} exceeds --p-max={aug.p_max}")
+    from augment.diffaug import parse_policy
+
+    try:
+        parse_policy(aug.diffaug_policy)
+    except ValueError as exc:
+        raise UserError(f"--diffaug-policy: {exc}") from None
     from augment.extra_stages import parse_extra
 
     try:
@@ -601,10 +622,17 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     _check(not (mode == "fixed" and "p" not in aug), "--aug=fixed requires --p")
     _check("p" not in aug or mode == "fixed", "--p can only be given with --aug=fixed")
     _check("target" not in aug or mode == "ada", "--target can only be given with --aug=ada")
-    _check("pipe" not in aug or mode != "noaug", "--augpipe cannot be given with --aug=noaug")
-    _check("extra" not in aug or mode != "noaug", "--aug-extra cannot be given with --aug=noaug")
+    flag = {key: settings()[f"aug.{key}"].name for key in aug if f"aug.{key}" in settings()}
+    for key in ("pipe", "extra"):  # options of ADA's pipeline
+        for other in ("noaug", "diffaug"):
+            _check(key not in aug or mode != other, f"{flag.get(key)} cannot be given with --aug={other}")
+    _check("diffaug_policy" not in aug or mode == "diffaug", "--diffaug-policy can only be given with --aug=diffaug")
+    for key in ("apa_target", "apa_kimg"):
+        _check(key not in aug or aug.get("apa") is True, f"{flag.get(key)} can only be given with --apa=1")
+    loss = given.get("loss", {})
+    _check("lecam_decay" not in loss or loss.get("lecam", 0) > 0, "--lecam-decay can only be given with --lecam > 0")
     for key in ("ada_kimg", "ada_interval", "ada_start_kimg", "heuristic", "p_max"):
-        _check(key not in aug or mode == "ada", f"{settings()['aug.' + key].name} can only be given with --aug=ada")
+        _check(key not in aug or mode == "ada", f"{flag.get(key)} can only be given with --aug=ada")
 
 
 def check_against_data(cfg: TrainConfig, resolution: int) -> None:
@@ -612,7 +640,7 @@ def check_against_data(cfg: TrainConfig, resolution: int) -> None:
     _check(4 <= resolution <= 1024, f"the data is {resolution}x{resolution}; resolutions 4..1024 are supported")
     _check(math.log2(resolution).is_integer(), f"the data resolution {resolution} is not a power of two")
     _check(
-        resolution >= 8 or cfg.aug.mode == "noaug",
+        resolution >= 8 or cfg.aug.mode in ("noaug", "diffaug"),
         f"the augmentation pipeline needs images of at least 8x8 (the data is {resolution}x{resolution}); "
         "use --aug=noaug",
     )

@@ -76,6 +76,7 @@ _TICK_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("loss_G", "G", "{:.3f}"),
     ("loss_D", "D", "{:.3f}"),
     ("p", "p", "{:.3f}"),
+    ("p_apa", "p_apa", "{:.3f}"),
     ("r_t", "r_t", "{:.3f}"),
     ("r_v", "r_v", "{:.3f}"),
     ("diversity", "div", "{:.2f}"),

@@ -219,8 +219,14 @@ def run_description(cfg: TrainConfig, data_name: str) -> str:
     parts.append(cfg.aug.mode if cfg.aug.mode != "fixed" else f"p{cfg.aug.p:g}")
     if cfg.aug.mode == "ada":
         parts.append(f"target{cfg.aug.target:g}")
-    if cfg.aug.mode != "noaug":
+    if cfg.aug.mode == "diffaug":
+        parts.append(cfg.aug.diffaug_policy.replace(",", "-"))
+    elif cfg.aug.mode != "noaug":
         parts.append(cfg.aug.pipe)
+    if cfg.aug.apa:
+        parts.append("apa")
+    if cfg.loss.lecam:
+        parts.append(f"lecam{cfg.loss.lecam:g}")
     if cfg.resume:
         parts.append("resume")
     if cfg.freezed:
@@ -338,13 +344,14 @@ class Trainer:
         self.dist.broadcast_module(self.D)
         self.dist.broadcast_module(self.G_ema)
 
-        self.augment_pipe = self._build_augment_pipe()
+        self.augment_pipe, self.adaptive_pipe = self._build_augment_pipe()
         self.controller = self._build_controller()
+        self.apa_controller = self._build_apa_controller()
         d_params = freeze_d_layers(self.D, cfg.freezed)
         self.loss = StyleGAN2Loss(
             self.G, self.D, self.augment_pipe, r1_gamma=cfg.loss.r1_gamma, pl_weight=cfg.loss.pl_weight,
             pl_decay=cfg.loss.pl_decay, pl_batch_shrink=cfg.loss.pl_batch_shrink, style_mixing=cfg.loss.style_mixing,
-            compile=cfg.compile,
+            compile=cfg.compile, lecam_weight=cfg.loss.lecam, lecam_decay=cfg.loss.lecam_decay,
         )
         self.phases = self._build_phases(list(self.G.parameters()), d_params)
         if source is not None and source.state is not None:
@@ -438,24 +445,50 @@ class Trainer:
             net.reduced_dtype = reduced
             net.memory_format = memory_format
 
-    def _build_augment_pipe(self) -> torch.nn.Module | None:
-        if self.cfg.aug.mode == "noaug":
-            return None
+    def _build_augment_pipe(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+        """The module every image D sees passes through, and the ADA pipe in it whose p follows the
+        controller (None for DiffAugment, which has no p; a composition would return both)."""
+        a = self.cfg.aug
+        if a.mode == "noaug":
+            return None, None
+        if a.mode == "diffaug":
+            from augment.diffaug import DiffAugment
+
+            return DiffAugment(a.diffaug_policy).to(self.device), None
         from augment import AugmentPipe
         from augment.extra_stages import parse_extra
 
-        pipe = AugmentPipe(preset=self.cfg.aug.pipe, extra=parse_extra(self.cfg.aug.extra)).to(self.device)
-        pipe.p.copy_(torch.as_tensor(self.cfg.aug.p))
-        return pipe
+        pipe = AugmentPipe(preset=a.pipe, extra=parse_extra(a.extra)).to(self.device)
+        pipe.p.copy_(torch.as_tensor(a.p))
+        return pipe, pipe
 
-    def _build_controller(self) -> AdaController:
+    def _ada_kimg(self) -> float:
         a = self.cfg.aug
         if a.ada_kimg is None:
             # Resolved here, where it is known whether this is a transfer run: the record shows the value used.
             a.ada_kimg = ADA_KIMG_TRANSFER if self.transfer else ADA_KIMG
+        return a.ada_kimg
+
+    def _build_controller(self) -> AdaController:
+        a = self.cfg.aug
         return AdaController(
-            target=a.target, interval=a.ada_interval, ada_kimg=a.ada_kimg, p=a.p, p_max=a.p_max,
+            target=a.target, interval=a.ada_interval, ada_kimg=self._ada_kimg(), p=a.p, p_max=a.p_max,
             heuristic=a.heuristic, adjust=a.mode == "ada", start_kimg=a.ada_start_kimg,
+        )
+
+    def _build_apa_controller(self) -> AdaController | None:
+        """APA's probability, moved by ADA's law and heuristic; its target and speed default to ADA's."""
+        a = self.cfg.aug
+        if not a.apa:
+            return None
+        # Resolved in the configuration, as --ada-kimg is, so that the record shows the values used.
+        if a.apa_target is None:
+            a.apa_target = a.target
+        if a.apa_kimg is None:
+            a.apa_kimg = self._ada_kimg()
+        return AdaController(
+            target=a.apa_target, interval=a.ada_interval, ada_kimg=a.apa_kimg, heuristic=a.heuristic,
+            start_kimg=a.ada_start_kimg,
         )
 
     def _build_phases(self, g_params: list, d_params: list) -> list[Phase]:
@@ -488,6 +521,11 @@ class Trainer:
         load_optimizer_state(opt_G, state["opt_G"])
         load_optimizer_state(opt_D, state["opt_D"])
         self.controller.load_state_dict(state["controller"])
+        # Absent from checkpoints written before these options, or by a run without them: they start afresh.
+        if self.apa_controller is not None and state.get("apa_controller") is not None:
+            self.apa_controller.load_state_dict(state["apa_controller"])
+        if self.loss.lecam is not None and state.get("lecam") is not None:
+            self.loss.lecam.load_state_dict(state["lecam"])
         self.loss.pl_mean.copy_(state["pl_mean"])
         for phase in self.phases:
             if phase.name in state.get("loss_scalers", {}):
@@ -553,8 +591,12 @@ class Trainer:
         real_img = to_float_images(real_img, self.device).split(self.batch_gpu)
         real_c = to_device(real_c, self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
         rounds = len(real_img)
-        if self.augment_pipe is not None:
-            self.augment_pipe.p.fill_(self.controller.p)
+        if self.adaptive_pipe is not None:
+            self.adaptive_pipe.p.fill_(self.controller.p)
+        # APA's controller follows the same signs as ADA's, with its own target and speed.
+        controllers = [self.controller] if self.apa_controller is None else [self.controller, self.apa_controller]
+        if self.apa_controller is not None:
+            self.loss.apa_p = self.apa_controller.p
         active = [ph for ph in self.phases if self.progress.batch_idx % ph.interval == 0]
         gen_z, gen_c = self.sample_latents(len(active))
         for i, phase in enumerate(active):
@@ -569,7 +611,9 @@ class Trainer:
                     gain=phase.scaler.scale_loss(phase.interval / rounds),
                 )
                 if "real_signs" in stats:
-                    self.controller.accumulate(stats.pop("real_signs"))
+                    signs = stats.pop("real_signs")
+                    for controller in controllers:
+                        controller.accumulate(signs)
                 for key, value in stats.items():
                     tick_stats.add(key, value)
             for p in phase.params:
@@ -577,13 +621,16 @@ class Trainer:
             self._apply_gradients(phase)
             if phase.name == "Greg":
                 self.dist.average_(self.loss.pl_mean)
+            if phase.name == "Dmain" and self.loss.lecam is not None:
+                self.loss.lecam.update(reduce=self.dist.all_reduce_sum)
         beta = ema_beta(self.cfg.batch, self.progress.cur_nimg, self.cfg.optim.ema_kimg, self.ema_rampup)
         self.progress.cur_nimg += self.cfg.batch
         self.progress.batch_idx += 1
         self.dist.sync_w_avg(self.G)
         update_ema(self.G_ema, self.G, beta)
-        self.controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum,
-                             nimg=self.progress.cur_nimg)
+        for controller in controllers:
+            controller.step(self.progress.batch_idx, self.cfg.batch, reduce=self.dist.all_reduce_sum,
+                            nimg=self.progress.cur_nimg)
         message = self.controller.leak_warning()
         if message:
             self.say(message)
@@ -671,6 +718,8 @@ class Trainer:
         logits = {k: float(self.dist.all_reduce_mean(torch.tensor([v / n]))) for k, v in sums.items()}
         logits["r_v"] = r_v(logits["logit_train"], logits["logit_val"], logits["logit_gen"])
         self.controller.last_r_v = logits["r_v"]
+        if self.apa_controller is not None:
+            self.apa_controller.last_r_v = logits["r_v"]
         return logits
 
     def run(self, run_dir: Path | None) -> None:
@@ -807,7 +856,9 @@ class Trainer:
             "loss_D": means.get("loss_D"),
             "loss_G_pl": means.get("loss_G_pl"),
             "loss_D_r1": means.get("loss_D_r1"),
+            "loss_D_lecam": means.get("loss_D_lecam"),
             "p": self.controller.p,
+            "p_apa": None if self.apa_controller is None else self.apa_controller.p,
             "r_t": self.controller.tick_r_t(reduce=self.dist.all_reduce_sum),
             **rv,
             "diversity": self.measure_diversity(),
@@ -882,6 +933,8 @@ class Trainer:
             "opt_D": opt_D.state_dict(),
             "augment_pipe": None if self.augment_pipe is None else self.augment_pipe.state_dict(),
             "controller": self.controller.state_dict(),
+            "apa_controller": None if self.apa_controller is None else self.apa_controller.state_dict(),
+            "lecam": None if self.loss.lecam is None else self.loss.lecam.state_dict(),
             "pl_mean": self.loss.pl_mean.detach().cpu(),
             "loss_scalers": {phase.name: phase.scaler.state_dict() for phase in self.phases},
             "progress": asdict(self.progress),

@@ -6,9 +6,12 @@
 
     AugmentPipe("bgc", extra=[kornia.augmentation.RandomPerspective(0.3)])  # more stages, following p
     kornia.augmentation.AugmentationSequential(KorniaAugmentPipe(pipe), ...)  # the pipe inside kornia
+
+    DiffAugment("color,translation,cutout")(images)  # DiffAugment's fixed policies, every image (augment.diffaug)
 """
 
+from augment.diffaug import DiffAugment
 from augment.kornia_interop import KorniaAugmentPipe
 from augment.pipe import GROUPS, PRESETS, TRANSFORMS, AugmentParams, AugmentPipe
 
-__all__ = ["GROUPS", "PRESETS", "TRANSFORMS", "AugmentParams", "AugmentPipe", "KorniaAugmentPipe"]
+__all__ = ["GROUPS", "DiffAugment", "PRESETS", "TRANSFORMS", "AugmentParams", "AugmentPipe", "KorniaAugmentPipe"]

@@ -62,6 +62,11 @@ RUNS: dict[str, list[str]] = {
     "published": ["--aug=ada", "--ada-rule=published"],
     "noaug": ["--aug=noaug"],
     "fixed": ["--aug=fixed", "--p=0.2"],
+    # Beyond ADA (issue 20): ADA + LeCam at the weight of StudioGAN's StyleGAN2 CIFAR-10 config,
+    # DiffAugment's full policy, and ADA + APA (APA's target and speed those of ADA).
+    "lecam": ["--aug=ada", "--lecam=0.3"],
+    "diffaug": ["--aug=diffaug", "--diffaug-policy=color,translation,cutout"],
+    "apa": ["--aug=ada", "--apa=1"],
 }
 # A sample counts towards its class only when the classifier gives that class this probability.
 READABLE = 0.9

@@ -107,7 +107,7 @@ def test_help_shows_the_command_the_choices_and_from_preset_where_the_preset_dec
     for flag in ("--kimg KIMG", "--batch INT", "--gamma FLOAT", "--snap TICKS", "--tick KIMG", "--workers INT",
                  "--metrics LIST", "--batch-gpu INT"):
         assert re.search(re.escape(flag) + r" [^\[]*\[default: from preset\]", text), flag
-    assert "--aug [ada|noaug|fixed]" in text and "[default: ada]" in text
+    assert "--aug [ada|noaug|fixed|diffaug]" in text and "[default: ada]" in text
     assert f"--augpipe [{'|'.join(AUGPIPE_PRESETS)}]" in text
     assert "--target FLOAT ADA target value of the overfitting heuristic [default: 0.6]" in text
     assert "--ada-kimg KIMG ADA speed: kimg for p to move by 1 [default: 500; 100 when fine-tuning]" in text

@@ -87,6 +87,11 @@ DAMAGES = {
     "progress-text": (set_in("progress", "cur_nimg", "12"), "progress counters"),
     "rng-empty": (set_in("rng", "torch", []), "random number generator states"),
     "p-out-of-range": (set_in("controller", "p", 5.0), "p=5.0 is outside [0, 1]"),
+    "p_apa-out-of-range": (set_in("apa_controller", {"p": -0.5, "sign_sum": 0.0, "sign_count": 0.0}),
+                           "its APA probability p_apa=-0.5 is outside [0, 1]"),
+    "apa-controller-text": (set_in("apa_controller", "p=0.2"), "its APA controller state is not numbers"),
+    "lecam-nan": (set_in("lecam", {"ema": torch.tensor([float("nan"), 0.0]), "steps": 3}), "its LeCam anchors"),
+    "lecam-steps": (set_in("lecam", {"ema": torch.zeros(2), "steps": -1}), "its LeCam anchors"),
     "adam-moment-shape": (wrong_moment_shape, "opt_G: its exp_avg of parameter 0"),
 }
 

@@ -148,6 +148,9 @@ def test_resume_run_dir_alone_continues_with_the_stored_options(finished, tmp_pa
         (["--aug", "ada"], "--aug=ada would change the run"),
         (["--subset", "9"], "--subset=9 would change the run"),
         (["--set", "loss.pl_weight=0"], "--set loss.pl_weight=0.0 would change the run"),
+        (["--lecam", "0.1"], "--lecam=0.1 would change the run"),
+        (["--aug", "diffaug"], "--aug=diffaug would change the run"),
+        (["--apa", "1"], "--apa=True would change the run"),
     ],
 )
 def test_resume_run_dir_refuses_a_flag_that_would_change_the_run(finished, capsys, args, shown):
