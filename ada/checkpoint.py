@@ -8,7 +8,9 @@ the training progress, RNG states and the resolved configuration.
 
 A file that is not such a checkpoint, or one damaged on disk, is refused before any network is
 built: its structure (keys, types, network arguments, tensor shapes, finite values) is checked
-first, and the message names the file and the previous snapshot to use instead.
+first, and the message names the file and the previous snapshot to use instead. A resume checks
+everything it restores (`load_checkpoint`); the tools that only run the generator check only
+G_kwargs and G_ema (`load_generator`), so a generator-only export serves them too.
 """
 
 from __future__ import annotations
@@ -66,15 +68,31 @@ def snapshot_order(path: Path) -> tuple[int, int]:
     return int(match[1]), int(match[2][1:]) if match[2] else -1
 
 
-def recorded_nimg(path: Path) -> int:
-    """The images a snapshot had trained on, read without loading its tensors (they are memory-mapped)."""
+def recorded_nimg(path: Path) -> int | None:
+    """The images a snapshot had trained on, read without loading its tensors (they are memory-mapped).
+
+    None where it records no progress (a generator-only export named like a snapshot); the loader that
+    reads it decides whether that is enough. A file that cannot be read at all is damaged.
+    """
     if not path.is_file():  # a FIFO would block its reader forever
         raise damaged(path, "not a regular file: a pipe, socket or device")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["progress"]["cur_nimg"])
-    except Exception as exc:  # any damage: a cut zip, a foreign file, a missing key
+    except Exception as exc:  # any damage: a cut zip, a foreign file, an object that is not data
         raise damaged(path, f"cannot read the progress it recorded: {_first_sentence(exc)}") from None
+    progress = ckpt.get("progress") if isinstance(ckpt, dict) else None
+    if not isinstance(progress, dict) or "cur_nimg" not in progress:
+        return None
+    try:
+        return int(progress["cur_nimg"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise damaged(path, f"cannot read the progress it recorded: {_first_sentence(exc)}") from None
+
+
+def _named_nimg(path: Path) -> int:
+    """The images a snapshot's name says it had trained on, at least ('000004' is 4 kimg or a little more)."""
+    kimg, beyond = snapshot_order(path)
+    return kimg * 1000 + max(beyond, 0)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -84,10 +102,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def latest_snapshot(run_dir: Path) -> Path | None:
-    """The snapshot in `run_dir` that had trained on the most images (by its recorded progress; between
-    equal ones, the later name). A snapshot whose progress cannot be read is refused as damaged."""
+    """The snapshot in `run_dir` that had trained on the most images (by its recorded progress, or by its
+    name where it records none; between equal ones, the later name). A snapshot that cannot be read
+    is refused as damaged."""
     snaps = [p for p in run_dir.iterdir() if SNAPSHOT_PATTERN.match(p.name)]
-    return max(snaps, key=lambda p: (recorded_nimg(p), snapshot_order(p))) if snaps else None
+
+    def newness(path: Path) -> tuple[int, tuple[int, int]]:
+        nimg = recorded_nimg(path)
+        return (_named_nimg(path) if nimg is None else nimg), snapshot_order(path)
+
+    return max(snaps, key=newness) if snaps else None
 
 
 def previous_snapshot(path: Path) -> Path | None:
@@ -160,7 +184,27 @@ def _check_torch_archive(path: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Our checkpoint, its structure checked (`checkpoint_problem`); never runs code from the file."""
+    """Our checkpoint with everything a resume restores, its structure checked (`checkpoint_problem`);
+    never runs code from the file."""
+    ckpt = _read_checkpoint(path, map_location)
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise damaged(path, problem)
+    return ckpt
+
+
+def load_generator_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Our checkpoint as the tools read it: only G_kwargs and G_ema are needed, and only they are checked
+    (`generator_problem`), so a generator-only export loads and damage elsewhere does not matter."""
+    ckpt = _read_checkpoint(path, map_location)
+    problem = generator_problem(ckpt)
+    if problem:
+        raise damaged(path, problem)
+    return ckpt
+
+
+def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The dict a file of our format holds, unchecked beyond its format marker and version."""
     _check_torch_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -180,20 +224,22 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(f"{path}: not an ada-gan checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
-    problem = checkpoint_problem(ckpt)
-    if problem:
-        raise damaged(path, problem)
     return ckpt
 
 
-def checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
-    """What makes a loaded checkpoint unusable, or None: checked before anything is built from it."""
-    for key, kind in _FIELDS.items():
+def _fields_problem(ckpt: dict[str, Any], fields: dict[str, type]) -> str | None:
+    for key, kind in fields.items():
         if key not in ckpt:
             return f"it has no {key!r}"
         if not isinstance(ckpt[key], kind):
             return f"its {key!r} is a {type(ckpt[key]).__name__}, not a {kind.__name__}"
-    for cls, kwargs_key, states in ((Generator, "G_kwargs", ("G", "G_ema")), (Discriminator, "D_kwargs", ("D",))):
+    return None
+
+
+def _networks_problem(ckpt: dict[str, Any], networks: tuple[tuple[type, str, tuple[str, ...]], ...]) -> str | None:
+    """Each (class, arguments key, state keys): the arguments planned on the meta device, the states
+    against the planned shapes."""
+    for cls, kwargs_key, states in networks:
         try:
             shapes = planned_state(cls, ckpt[kwargs_key])
         except ValueError as exc:
@@ -202,7 +248,25 @@ def checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
             problem = state_problem(ckpt[key], shapes)
             if problem:
                 return f"{key}: {problem}"
-    return _training_state_problem(ckpt)
+    return None
+
+
+def checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What makes a loaded checkpoint unusable for a resume, or None: checked before anything is built."""
+    return (
+        _fields_problem(ckpt, _FIELDS)
+        or _networks_problem(ckpt, ((Generator, "G_kwargs", ("G", "G_ema")), (Discriminator, "D_kwargs", ("D",))))
+        or _training_state_problem(ckpt)
+    )
+
+
+def generator_problem(ckpt: dict[str, Any]) -> str | None:
+    """What makes a loaded checkpoint unusable for inference, or None: G_kwargs and G_ema alone (their
+    types, the planned shapes, finite values). D is not planned, and the training state not read."""
+    return (
+        _fields_problem(ckpt, {"G_kwargs": dict, "G_ema": dict})
+        or _networks_problem(ckpt, ((Generator, "G_kwargs", ("G_ema",)),))
+    )
 
 
 def _is_count(value: Any) -> bool:
@@ -413,7 +477,7 @@ def load_generator(spec: str, device: torch.device | str = "cpu") -> Generator:
     """G_ema from our checkpoint or from an official network pickle, ready for inference."""
     path = resolve_checkpoint_path(spec)
     if is_our_checkpoint(path):
-        ckpt = load_checkpoint(path)
+        ckpt = load_generator_checkpoint(path)
         G = build_generator(ckpt["G_kwargs"], ckpt["G_ema"], str(path))
     else:
         from ada.official import load_official_pickle

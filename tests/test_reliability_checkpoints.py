@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import ada.checkpoint
 from ada import official
-from ada.checkpoint import load_checkpoint
+from ada.checkpoint import load_checkpoint, load_generator, save_checkpoint
+from ada.cli import main
 from ada.errors import UserError
 from ada.files import LOCK_NAME
 from tests._official_fixture import write_official
@@ -84,6 +86,8 @@ DAMAGES = {
     "tensor-shape": (reshape_first("G_ema"),
                      "G_ema: synthesis.b4.const has shape (3, 5, 7), its arguments give (16, 4, 4)"),
     "non-finite-weights": (nan_in("D"), "non-finite values"),
+    "non-finite-G_ema": (nan_in("G_ema"), "G_ema: synthesis.b4.const holds non-finite values"),
+    "G-tensor-shape": (reshape_first("G"), "G: synthesis.b4.const has shape (3, 5, 7), its arguments give (16, 4, 4)"),
     "progress-text": (set_in("progress", "cur_nimg", "12"), "progress counters"),
     "rng-empty": (set_in("rng", "torch", []), "random number generator states"),
     "p-out-of-range": (set_in("controller", "p", 5.0), "p=5.0 is outside [0, 1]"),
@@ -93,6 +97,12 @@ DAMAGES = {
     "lecam-nan": (set_in("lecam", {"ema": torch.tensor([float("nan"), 0.0]), "steps": 3}), "its LeCam anchors"),
     "lecam-steps": (set_in("lecam", {"ema": torch.zeros(2), "steps": -1}), "its LeCam anchors"),
     "adam-moment-shape": (wrong_moment_shape, "opt_G: its exp_avg of parameter 0"),
+}
+# The damages that the tools (generate, project, video, style mixing, metrics) refuse too: they read only
+# G_kwargs and G_ema. Damage anywhere else matters to a resume alone.
+GENERATOR_DAMAGES = {
+    "no-G_kwargs", "G_kwargs-text", "unknown-kwarg", "negative-dimension", "absurd-dimension",
+    "unknown-mapping-activation", "unknown-synthesis-activation", "tensor-shape", "non-finite-G_ema",
 }
 
 
@@ -121,18 +131,21 @@ def resume_args(small_checkpoint: Path, spec: Path, tmp_path: Path) -> list[str]
             "--batch", "4", "--val", "0", "--kimg", "0.008", "--outdir", str(tmp_path / "runs"), "--resume", str(spec)]
 
 
-@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+@pytest.mark.parametrize("name", DAMAGES)
 def test_damaged_checkpoints_are_refused_naming_the_file_and_the_previous_snapshot(
-    damage, run_with_damage, small_checkpoint, tmp_path, capsys
+    name, run_with_damage, small_checkpoint, tmp_path, capsys
 ):
-    change, detail = damage
+    change, detail = DAMAGES[name]
     run = run_with_damage(change)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     expected = [f"{run / DAMAGED} is a damaged checkpoint", detail, f"use the previous snapshot {run / GOOD}"]
-    if "opt_G" not in detail:  # Adam's moments are checked against the networks a resume builds
-        cli_error(capsys, ["generate", "--network", str(run), "--seeds", "0", "--outdir", str(tmp_path / "gen")],
-                  *expected)
+    generate = ["generate", "--network", str(run), "--seeds", "0", "--outdir", str(tmp_path / "gen")]
+    if name in GENERATOR_DAMAGES:
+        cli_error(capsys, generate, *expected)
         assert not (tmp_path / "gen").exists()
+    else:  # G_ema is intact: the newest snapshot generates
+        main(generate)
+        assert (tmp_path / "gen" / "seed0000.png").is_file()
     cli_error(capsys, resume_args(small_checkpoint, run, tmp_path), *expected)
     # The run directory is untouched: at most its lock file (taken before a continued run's snapshot is
     # read, and left behind by every run) is new.
@@ -168,6 +181,24 @@ def test_the_weights_only_refusal_is_a_whole_sentence(small_checkpoint, tmp_path
 def test_a_good_checkpoint_still_loads(small_checkpoint):
     """The checks refuse damage, not our own snapshots."""
     assert load_checkpoint(small_checkpoint)["progress"]["cur_nimg"] == 4
+
+
+def test_a_generator_only_checkpoint_serves_the_tools_but_not_a_resume(small_checkpoint, tmp_path, capsys,
+                                                                      monkeypatch):
+    """G_kwargs and G_ema are all `load_generator` needs and checks: D is not planned on the meta device."""
+    full = torch.load(small_checkpoint, weights_only=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / GOOD, {"G_kwargs": full["G_kwargs"], "G_ema": full["G_ema"]})
+    planned = []
+    real_planned_state = ada.checkpoint.planned_state
+    monkeypatch.setattr(ada.checkpoint, "planned_state",
+                        lambda cls, kwargs: planned.append(cls.__name__) or real_planned_state(cls, kwargs))
+    G = load_generator(str(run))  # a run directory whose snapshot records no progress: by its name
+    assert planned == ["Generator"]
+    assert torch.equal(G.state_dict()["synthesis.b4.const"], full["G_ema"]["synthesis.b4.const"])
+    cli_error(capsys, resume_args(small_checkpoint, run / GOOD, tmp_path), f"{run / GOOD} is a damaged checkpoint",
+              "it has no 'D_kwargs'")
 
 
 @pytest.mark.parametrize(
