@@ -85,9 +85,12 @@ def test_generate_refuses_a_projected_w_of_another_network(tmp_path, capsys):
 
 
 def count_frames(path):
+    """The frames a player shows. Pillow writes a frame identical to the one before it (a projection that
+    has converged) as a longer display of that one, so a GIF's frames are counted in display time."""
     if path.suffix == ".gif":
         with Image.open(path) as image:
-            return sum(1 for _ in ImageSequence.Iterator(image))
+            durations = [frame.info["duration"] for frame in ImageSequence.Iterator(image)]
+        return sum(durations) // min(durations)
     import imageio.v3 as iio
 
     return iio.imread(path).shape[0]
