@@ -259,7 +259,7 @@ def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
     assert snap["progress"]["stats_lines"] == len(stats) == 2
 
 
-def test_ctrl_c_through_the_command_line_exits_130_after_the_final_snapshot(tmp_path, monkeypatch):
+def test_ctrl_c_through_the_command_line_exits_130_after_the_final_snapshot(tmp_path, monkeypatch, capsys):
     real_step = Trainer.train_step
 
     def step_then_ctrl_c(self, tick_stats):
@@ -273,6 +273,10 @@ def test_ctrl_c_through_the_command_line_exits_130_after_the_final_snapshot(tmp_
     assert exc_info.value.code == 128 + signal.SIGINT
     run = only_run(tmp_path / "runs")
     assert load_checkpoint(latest_snapshot(run))["progress"]["cur_nimg"] == 2 * STEP_NIMG
+    # The end-of-run summary came before the exit, saying why the run ended, and is in the log too.
+    summary = f"Stopped by SIGINT at {2 * STEP_NIMG / 1000:g} kimg of 1"
+    assert summary in capsys.readouterr().out and summary in (run / "log.txt").read_text()
+    assert f"--resume {run}\n" in (run / "log.txt").read_text()  # continue: no --kimg extension for a stopped run
 
 
 def test_a_damaged_stats_line_is_set_aside_and_every_later_line_kept(reference, tmp_path):
