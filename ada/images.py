@@ -49,6 +49,17 @@ def save_grid(images: torch.Tensor | np.ndarray, path: Path, gw: int, gh: int) -
     save_png(tile(array, gw, gh), path)
 
 
+def side_by_side(left: np.ndarray, right: np.ndarray, resolution: int, gap: int = 8) -> np.ndarray:
+    """Two uint8 HWC grids next to each other on a grey band, enlarged so that each image of
+    `resolution` pixels shows at 64 pixels or more (small images are unreadable at their size)."""
+    factor = max(1, 64 // resolution)
+    height = max(left.shape[0], right.shape[0])
+    band = np.full([height, gap, left.shape[2]], 128, dtype=np.uint8)
+    padded = [np.pad(g, [(0, height - g.shape[0]), (0, 0), (0, 0)], constant_values=128) for g in (left, right)]
+    both = np.concatenate([padded[0], band, padded[1]], axis=1)
+    return both.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out") -> Path:
     """The file a tool writes, checked before any work: a known suffix, and its folder made."""
     path = Path(out)

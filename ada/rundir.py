@@ -161,6 +161,8 @@ def summary(
         lines.append(f"  final snapshot  {snapshot}")
     if grid is not None:
         lines.append(f"  sample grid     {grid}")
+        if (run_dir / "reals_and_fakes.png").is_file():
+            lines.append(f"  reals | fakes   {run_dir / 'reals_and_fakes.png'}")
     if snapshot is not None:
         out = run_dir / "generated"
         lines.append(f"  generate        ada generate --network {snapshot} --seeds 0-15 --outdir {out}")

@@ -83,3 +83,12 @@ def test_collapse_signal_is_logged_and_warns_once(ada_run):
     assert trainer.measure_diversity() < 0.05 < healthy
     trainer.measure_diversity()
     assert len(warnings) == 1 and "collapsed" in warnings[0]
+
+
+def test_run_writes_reals_beside_enlarged_fakes(ada_run):
+    from PIL import Image
+
+    reals = Image.open(ada_run / "reals.png")
+    both = Image.open(ada_run / "reals_and_fakes.png")
+    # 16 px images are shown at 64 px: four times the grid, twice over, plus the grey band.
+    assert both.height == 4 * reals.height and both.width == 4 * (2 * reals.width + 8)
