@@ -38,8 +38,11 @@ TICK_NAMES = {
     "mem_gpu_gb": "Resources/peak_gpu_mem_gb",
     "loss_G": "Loss/G/loss",
     "loss_D": "Loss/D/loss",
-    "loss_G_pl": "Loss/pl_penalty",
-    "loss_D_r1": "Loss/r1_penalty",
+    # Our regularisation stats are the weighted penalties (ada.loss: the path length penalty times
+    # pl_weight, R1 times gamma / 2), the official Loss/G/reg and Loss/D/reg; the official
+    # Loss/pl_penalty and Loss/r1_penalty are the unweighted ones, which we do not record.
+    "loss_G_pl": "Loss/G/reg",
+    "loss_D_r1": "Loss/D/reg",
     # The official code reports the sign of D's logits on reals each step; r_t is their mean over the tick.
     "r_t": "Loss/signs/real",
 }

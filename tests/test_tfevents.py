@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ada import tfevents
 from ada.cli import main
 from ada.errors import UserError
+from ada.loss import StyleGAN2Loss
 from ada.tfevents import TensorBoardTracker
 from ada.tracking import Tracker, TrackingWarning
+from tests._tiny import tiny_generator
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -50,9 +53,49 @@ def test_ticks_metrics_and_grids_are_written_and_read_back(tmp_path):
     assert scalars(events, "ADA/r_v")[-1] == (48, 0.5)
     assert scalars(events, "Metrics/fid50k_full") == [(48, 12.5)]
     assert [e.wall_time for e in events.Scalars("Progress/kimg")] == [1.7e9, 1.7e9 + 1]
-    assert "Loss/r1_penalty" not in events.Tags()["scalars"]  # a None (no R1 step this tick) is left out
+    assert "Loss/D/reg" not in events.Tags()["scalars"]  # a None (no R1 step this tick) is left out
     (image,) = events.Images("Images/fakes")
     assert (image.step, image.width, image.height) == (48, 48, 32)
+
+
+class QuadraticD(torch.nn.Module):
+    """D(x) = sum(a x^2) / 2, whose gradient a x makes the unweighted R1 penalty sum((a x)^2)."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = torch.nn.Parameter(a)
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return (self.a * img.square()).sum(dim=[1, 2, 3]) / 2
+
+
+def test_the_weighted_penalties_are_logged_as_the_official_reg_losses(tmp_path):
+    """ada.loss reports R1 times gamma / 2 and the path length penalty times pl_weight: the official
+    Loss/D/reg and Loss/G/reg, not Loss/r1_penalty and Loss/pl_penalty (the penalties before weighting)."""
+    G = tiny_generator(res=8).requires_grad_(True)
+    a, real = torch.rand(1, 3, 8, 8) + 0.5, torch.randn(4, 3, 8, 8)
+    gamma = 4.0
+    r1 = StyleGAN2Loss(G, QuadraticD(a), None, r1_gamma=gamma).accumulate_gradients(
+        "Dreg", real, None, torch.randn(4, G.z_dim), None, gain=1.0)["loss_D_r1"]
+    unweighted_r1 = float((a * real).square().sum(dim=[1, 2, 3]).mean())
+    assert float(r1) == pytest.approx(gamma / 2 * unweighted_r1, rel=1e-5)
+
+    def pl_stat(pl_weight: float) -> float:
+        torch.manual_seed(0)
+        pl_loss = StyleGAN2Loss(G, QuadraticD(a), None, r1_gamma=gamma, pl_weight=pl_weight, style_mixing=0.0)
+        return float(pl_loss.accumulate_gradients("Greg", real, None, torch.randn(4, G.z_dim), None, gain=1.0)[
+            "loss_G_pl"])
+
+    pl = pl_stat(3.0)
+    assert pl > 0 and pl == pytest.approx(3 * pl_stat(1.0), rel=1e-5)
+
+    tracker = TensorBoardTracker.create(tmp_path, enabled=True)
+    tracker.log_tick({"kimg": 1.0, "loss_D_r1": float(r1), "loss_G_pl": pl})
+    tracker.finish()
+    events = read_events(tmp_path)
+    assert [value for _, value in scalars(events, "Loss/D/reg")] == [pytest.approx(gamma / 2 * unweighted_r1, rel=1e-5)]
+    assert [value for _, value in scalars(events, "Loss/G/reg")] == [pytest.approx(pl, rel=1e-6)]
+    assert not {"Loss/r1_penalty", "Loss/pl_penalty"} & set(events.Tags()["scalars"])
 
 
 def test_on_by_default_when_installed_off_on_request_and_on_other_ranks(tmp_path):
