@@ -22,13 +22,11 @@ import pickle
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -44,7 +42,7 @@ from ada.errors import UserError
 from ada.files import append_jsonl, read_jsonl
 from ada.launch import resolve_config, split_dataset
 from ada.training import TickStats, Trainer
-from tests.conftest import REPO, write_images
+from tests.conftest import REPO, png_header_only, write_images
 
 STEP_NIMG = 4
 RUN = [
@@ -573,16 +571,6 @@ def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path, 
         assert_clean_exit(exc_info, capsys, path.name)
     assert not marker.exists()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "gen").exists()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels and holds none: what a decompression bomb looks like to a header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def zip_with(tmp_path: Path, bad_name: str) -> Path:
