@@ -370,8 +370,9 @@ class ImageDataset(torch.utils.data.Dataset):
         base = np.asarray(indices, dtype=np.int64) % len(self.names)
         if self.labels is None or self.c_dim == 0:
             labels = np.zeros([len(base), self.c_dim], dtype=np.float32)
-        elif self.labels.ndim == 1:
-            labels = np.eye(self.c_dim, dtype=np.float32)[self.labels[base]]
+        elif self.labels.ndim == 1:  # one-hot rows: n * c_dim floats, never a c_dim x c_dim identity
+            labels = np.zeros([len(base), self.c_dim], dtype=np.float32)
+            labels[np.arange(len(base)), self.labels[base]] = 1
         else:
             labels = self.labels[base]
         return torch.from_numpy(labels)
