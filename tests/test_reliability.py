@@ -39,7 +39,7 @@ from ada.cli import main
 from ada.dataset_tool import convert
 from ada.distributed import DistContext
 from ada.errors import UserError
-from ada.files import append_jsonl, read_jsonl
+from ada.files import append_jsonl, atomic_write_text, read_jsonl
 from ada.launch import resolve_config, split_dataset
 from ada.training import TickStats, Trainer
 from tests.conftest import REPO, png_header_only, write_images
@@ -357,6 +357,26 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     assert {"stats.jsonl", SNAPSHOT, "reals.png", "training_options.json", "seed0001.png"} <= {p.name for p in written}
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
     assert set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_atomic_writes_leave_the_process_umask_alone(tmp_path, monkeypatch):
+    """Reading the umask means setting it, for every thread of the process (wandb's, TensorBoard's)."""
+    old_umask = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called while other threads may create files")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        atomic_write_text(tmp_path / "new.txt", "new")
+        (tmp_path / "old.txt").write_text("old")
+        (tmp_path / "old.txt").chmod(0o604)
+        atomic_write_text(tmp_path / "old.txt", "replaced")
+    finally:
+        monkeypatch.undo()
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640  # 0o666 less the umask, as open() gives
+    assert stat.S_IMODE((tmp_path / "old.txt").stat().st_mode) == 0o604  # a replaced file keeps its mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt"]  # no temporary left
 
 
 # ----- non-finite losses -----

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from PIL import Image
 
 import ada.config
 import ada.data
+import ada.files
 from ada.cli import main
 from ada.data import open_dataset
 from ada.training import Trainer
@@ -440,7 +440,7 @@ def test_compare_refuses_an_unwritable_out_in_one_line(finished_run, tmp_path, c
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(ada.files, "create_temporary", read_only)
     cli_error(capsys, ["compare", str(finished_run), "--out", str(tmp_path / "plot.png")], "plot.png",
               "Read-only file system")
 
