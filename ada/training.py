@@ -237,19 +237,22 @@ def run_description(cfg: TrainConfig, data_name: str) -> str:
 def make_run_dir(outdir: Path, desc: str) -> Path:
     """outdir/NNNNN-desc with the next free number.
 
-    Processes started together may pick the same number: the one whose mkdir loses takes the next.
+    Processes started together may pick the same number: the one whose mkdir loses takes the next,
+    and the one after, without listing the folder again (a network file system's listing may lag
+    behind its mkdir for a while).
     """
     try:
         outdir.mkdir(parents=True, exist_ok=True)
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
+        number = max(ids, default=-1) + 1
         while True:
-            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
-            ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
-            run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+            run_dir = outdir / f"{number:05d}-{desc}"
             try:
                 run_dir.mkdir()
                 return run_dir
             except FileExistsError:
-                continue
+                number += 1
     except OSError as exc:
         raise UserError(f"--outdir={outdir}: cannot create a run directory in it ({exc.strerror})") from None
 

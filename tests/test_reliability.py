@@ -341,6 +341,24 @@ def test_runs_started_together_take_the_next_free_number(tmp_path, monkeypatch):
     assert ada.training.make_run_dir(outdir, "desc") == outdir / "00001-desc"
 
 
+def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeypatch):
+    """On a network file system a listing can miss directories just made: the next number is tried
+    without listing again, which with a lagging listing would never end."""
+    outdir = tmp_path / "runs"
+    for taken in ("00000-desc", "00001-desc"):
+        (outdir / taken).mkdir(parents=True)
+    listings = []
+
+    def stale_listing(self):
+        listings.append(self)
+        assert len(listings) < 5, "the folder is listed again and again"
+        return iter([])
+
+    monkeypatch.setattr(Path, "iterdir", stale_listing)
+    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00002-desc"
+    assert len(listings) == 1
+
+
 def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     """As a plain open() would: snapshots, grids, options, zips and generated images alike, and the
     stats log rewritten by a resume."""
