@@ -258,11 +258,17 @@ def make_run_dir(outdir: Path, desc: str) -> Path:
 
 
 class StopRequested:
-    """SIGTERM / Ctrl-C ask the loop to stop after the current step and write a final snapshot."""
+    """SIGTERM / Ctrl-C ask the loop to stop after the current step and write a final snapshot.
+
+    Ctrl-C pressed again quits at once. A repeated SIGTERM does not: one request can reach a process
+    more than once (a scheduler may signal every process of a job, and the `--gpus N` launcher passes
+    the signal it gets on to its ranks, which a terminal's Ctrl-C reaches as well).
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
+        self._interrupted = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -277,10 +283,13 @@ class StopRequested:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signum = signum
+        if signum == signal.SIGINT:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+        if not self.requested:
+            self.requested = True
+            self.signum = signum
 
 
 class Trainer:

@@ -234,6 +234,62 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
     assert_same_training_state(load_checkpoint(latest_snapshot(run)), ref_final)
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="--gpus 2 on a CPU needs torch.distributed with gloo")
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    # A scheduler may signal only the process it started; a terminal's Ctrl-C reaches every process of the job.
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigterm-to-the-launcher-alone", "ctrl-c-to-every-process"],
+)
+def test_a_stop_of_a_gpus_run_reaches_every_rank_and_ends_with_a_final_snapshot(tmp_path, signum, group):
+    """`--gpus 2` passes a stop on to its ranks and waits for them, then exits 128 + signal as a single
+    process does; a stop that reaches the ranks twice (from the terminal and from the launcher) is one stop."""
+    outdir = tmp_path / "runs"
+    log = tmp_path / "stopped.log"
+    # A session of its own: the signal reaches the launcher (or its group) alone, and the cleanup every process.
+    proc = start_cli(["train", *RUN, "--gpus", "2", "--kimg", "1", "--outdir", str(outdir)], log,
+                     start_new_session=True)
+    try:
+        wait_for_first_snapshot(outdir, proc, log)
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # ranks that a launcher killed at once would leave behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    output = log.read_text()
+    assert proc.returncode == 128 + signum, output
+    assert "Stopped on request; final snapshot written." in output
+    run = only_run(outdir)
+    stopped_at = load_checkpoint(latest_snapshot(run))["progress"]["cur_nimg"]
+    assert STEP_NIMG < stopped_at < 1000, output
+    assert_stats_clean(run / "stats.jsonl", stopped_at / 1000)
+    assert "Stopped by SIG" in (run / "log.txt").read_text()
+
+
+def test_a_repeated_sigterm_is_one_stop_and_a_second_ctrl_c_quits_at_once():
+    stop = ada.training.StopRequested()
+    stop.install()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's, then the --gpus launcher's
+            os.kill(os.getpid(), signal.SIGINT)  # a terminal's Ctrl-C reaches the ranks too
+        except KeyboardInterrupt:
+            pytest.fail("one stop that reached the process more than once made it quit at once")
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.uninstall()
+
+
 def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
     """Also a resume from a snapshot file, which starts a new run directory with a stats file of its own."""
     ref_run, _ = reference
