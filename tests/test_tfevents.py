@@ -37,25 +37,32 @@ def test_ticks_metrics_and_grids_are_written_and_read_back(tmp_path):
     Image.fromarray(np.full((32, 48), 200, dtype=np.uint8), mode="L").save(grid)
     tracker = TensorBoardTracker.create(tmp_path, enabled=True)
     assert tracker.enabled
-    for tick, kimg in enumerate((0.016, 0.048)):
+    for tick, kimg in enumerate((4.032, 8.064)):
         tracker.log_tick({"tick": tick, "kimg": kimg, "timestamp": 1.7e9 + tick, "loss_G": 1.5 + tick,
                           "loss_D": 0.5, "loss_D_r1": None, "p": 0.25, "r_t": 0.75, "r_v": 0.5,
                           "sec_per_kimg": 3.0, "skipped_steps": 0})
-    tracker.log_metric(0.048, {"fid50k_full": 12.5})
-    tracker.log_image(0.048, "fakes", grid)
+    tracker.log_metric(8.064, {"fid50k_full": 12.5})
+    tracker.log_image(8.064, "fakes", grid)
     tracker.finish()
 
     events = read_events(tmp_path)
-    assert scalars(events, "Loss/G/loss") == [(16, 1.5), (48, 2.5)]
-    assert scalars(events, "Progress/augment") == [(16, 0.25), (48, 0.25)]
-    assert scalars(events, "Loss/signs/real")[-1] == (48, 0.75)
-    assert scalars(events, "Timing/sec_per_kimg")[-1] == (48, 3.0)
-    assert scalars(events, "ADA/r_v")[-1] == (48, 0.5)
-    assert scalars(events, "Metrics/fid50k_full") == [(48, 12.5)]
+    # The step is the whole kimg, as in the official loop: runs of both line up in one TensorBoard.
+    assert scalars(events, "Loss/G/loss") == [(4, 1.5), (8, 2.5)]
+    assert scalars(events, "Progress/augment") == [(4, 0.25), (8, 0.25)]
+    assert scalars(events, "Loss/signs/real")[-1] == (8, 0.75)
+    assert scalars(events, "Timing/sec_per_kimg")[-1] == (8, 3.0)
+    assert scalars(events, "ADA/r_v")[-1] == (8, 0.5)
+    assert scalars(events, "Metrics/fid50k_full") == [(8, 12.5)]
     assert [e.wall_time for e in events.Scalars("Progress/kimg")] == [1.7e9, 1.7e9 + 1]
     assert "Loss/D/reg" not in events.Tags()["scalars"]  # a None (no R1 step this tick) is left out
     (image,) = events.Images("Images/fakes")
-    assert (image.step, image.width, image.height) == (48, 48, 32)
+    assert (image.step, image.width, image.height) == (8, 48, 32)
+
+
+def test_the_step_is_the_whole_kimg_as_the_official_loop_steps():
+    """global_step = int(cur_nimg / 1e3) in the official training_loop.py."""
+    kimgs = (0.0, 0.016, 0.999, 1.0, 2.3, 4.032, 25000.0)  # 2.3 * 1000 is 2299.9999999999995
+    assert [tfevents.step_of(kimg) for kimg in kimgs] == [0, 0, 0, 1, 2, 4, 25000]
 
 
 class QuadraticD(torch.nn.Module):
@@ -140,7 +147,8 @@ def test_a_training_run_writes_its_ticks_and_grids(tmp_path):
     (run,) = (tmp_path / "on").iterdir()
     assert list(run.glob("events.out.tfevents.*"))
     events = read_events(run)
-    assert [step for step, _ in scalars(events, "Progress/kimg")] == [16, 32, 48]
+    # Ticks shorter than 1 kimg share step 0 (TensorBoard shows the last of them; stats.jsonl has all).
+    assert scalars(events, "Progress/kimg") == [(0, pytest.approx(k)) for k in (0.016, 0.032, 0.048)]
     assert {"Loss/G/loss", "Loss/D/loss", "Progress/augment", "Loss/signs/real"} <= set(events.Tags()["scalars"])
     assert {"Images/reals", "Images/fakes_init", "Images/fakes"} <= set(events.Tags()["images"])
     main(["train", "--cfg", "tiny", "--data", "lfw-faces16", "--aug", "noaug", "--kimg", "0.016",
