@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ada.checks import MAX_SEED, check_finite
+from ada.checks import MAX_SEED, check_finite, is_finite
 from ada.errors import UserError
 from augment import PRESETS as AUGPIPE_PRESETS
 
@@ -333,6 +333,8 @@ def coerce(setting: Setting, value: Any) -> Any:
         if typing.get_origin(alt) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         if alt is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not is_finite(value) and isinstance(value, int):  # float() of it would overflow
+                raise ValueError(f"{value} is too large")
             return float(value)
         if alt is int and isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -461,10 +461,12 @@ def test_a_preset_value_of_the_wrong_type_is_refused(tmp_path, capsys):
     (presets / "typo.yaml").write_text(tiny + "\nkimg: 1O\n")
     (presets / "broken.yaml").write_text("kimg: [1\n")
     (presets / "listed.yaml").write_text("- kimg\n")
+    (presets / "huge.yaml").write_text(tiny + f"\nkimg: {10**400}\n")  # an int that no float holds
     base = ["train", "--data", "lfw-faces16", "--outdir", str(tmp_path / "runs"), "-n"]
     cli_error(capsys, [*base, "--cfg", str(presets / "typo.yaml")], "typo.yaml", "kimg: '1O' is not a number")
     cli_error(capsys, [*base, "--cfg", str(presets / "broken.yaml")], "broken.yaml", "not valid YAML")
     cli_error(capsys, [*base, "--cfg", str(presets / "listed.yaml")], "listed.yaml", "is a mapping of options")
+    cli_error(capsys, [*base, "--cfg", str(presets / "huge.yaml")], "huge.yaml", "is too large")
 
 
 def test_cfg_with_a_file_path_reads_that_file_alone(tmp_path, capsys):
