@@ -14,6 +14,7 @@ import click
 import numpy as np
 import torch
 
+from ada.checks import check_seed
 from ada.data import ImageDataset, open_dataset
 from ada.errors import UserError
 from ada.images import output_file, save_png, tile, to_uint8
@@ -62,6 +63,7 @@ def augment_preview(data: str, augpipe: str, p: str, out: str, count: int, seed:
         raise UserError(f"--aug-extra: {exc}") from None
     if count < 1:
         raise UserError(f"--count={count} must be at least 1")
+    check_seed("--seed", seed)
     path = output_file(out, (".png",))
     dataset = open_dataset(data)
     if dataset.resolution < 8:

@@ -67,13 +67,18 @@ def train_command(ctx: click.Context, dry_run: bool, set_values: tuple[str, ...]
 @click.option("--class", "class_idx", type=int, help="Class label for a conditional network")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--outdir", required=True, help="Where to write the images", metavar="DIR")
-def generate_command(projected_w: str | None, **kwargs: Any) -> None:
+@click.pass_context
+def generate_command(ctx: click.Context, projected_w: str | None, **kwargs: Any) -> None:
     """Generate images from a trained network."""
     from ada.generate import generate, render_projected_w
 
     if (kwargs["seeds"] is None) == (projected_w is None):
         raise UserError("give --seeds (e.g. 0-15) or --projected-w FILE, one of the two")
     if projected_w is not None:
+        for param, flag in (("truncation_psi", "--trunc"), ("class_idx", "--class")):
+            if ctx.get_parameter_source(param) is not click.core.ParameterSource.DEFAULT:
+                raise UserError(f"{flag} cannot be given with --projected-w: a projected w is rendered as it is "
+                                "(truncation and the class only act on the way from a seed to w)")
         render_projected_w(kwargs["network"], projected_w, kwargs["noise_mode"], kwargs["outdir"])
         return
     generate(**kwargs)

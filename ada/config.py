@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ada.checks import MAX_SEED, check_finite, is_finite
 from ada.errors import UserError
 from augment import PRESETS as AUGPIPE_PRESETS
 
@@ -181,7 +182,7 @@ class TrainConfig:
                                           "GPU count (the official auto config)")
     gpus: int = option(1, flag="--gpus", official=True, ge=1, defines_run=False, metavar="INT",
                        help="Number of GPUs (processes)")
-    seed: int = option(0, flag="--seed", official=True, ge=0, le=2**32 - 1, metavar="INT", help="Random seed")
+    seed: int = option(0, flag="--seed", official=True, ge=0, le=MAX_SEED, metavar="INT", help="Random seed")
     kimg: float = option(25000.0, flag="--kimg", official=True, gt=0, defines_run=False, metavar="KIMG",
                          help="Training length in thousands of real images")
     tick: float = option(4.0, flag="--tick", gt=0, defines_run=False, metavar="KIMG",
@@ -332,6 +333,8 @@ def coerce(setting: Setting, value: Any) -> Any:
         if typing.get_origin(alt) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         if alt is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not is_finite(value) and isinstance(value, int):  # float() of it would overflow
+                raise ValueError(f"{value} is too large")
             return float(value)
         if alt is int and isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -556,7 +559,8 @@ def _check_declared(cfg: TrainConfig) -> None:
         if option.path and isinstance(value, str):
             _check(bool(value.strip()), f"{setting.name}= is empty; give a path, or leave the option out")
         if isinstance(value, int | float) and not isinstance(value, bool):
-            _check(math.isfinite(value), f"{setting.name}={value} must be a finite number")
+            if isinstance(value, float):  # an int is exact at any size: its bounds say the rest
+                check_finite(setting.name, value)
             _check(_in_bounds(option, value),
                    f"{setting.name}={value} must be {bounds_text(option, integer=isinstance(value, int))}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import signal
 import warnings
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ada.checks import is_finite
 from ada.errors import UserError
 from ada.files import read_regular_file
 
@@ -238,13 +238,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond the float range
-        return False
-
-
 def label_array(labels: list, where: str) -> np.ndarray:
     """Labels as read from dataset.json -> class ids int64 [N], or float32 vectors [N, D].
 
@@ -270,7 +263,7 @@ def label_array(labels: list, where: str) -> np.ndarray:
     if len(lengths) > 1:
         raise UserError(f"{where}: label lists have different lengths ({lengths[0]} and {lengths[-1]}); "
                         "give every image a list of the same length")
-    if not all(_is_finite(x) for v in labels for x in v):
+    if not all(is_finite(x) for v in labels for x in v):
         raise UserError(f"{where}: labels hold NaN or infinite values")
     with np.errstate(over="ignore"):
         vectors = np.array(labels, dtype=np.float32).reshape(len(labels), -1)
@@ -377,8 +370,9 @@ class ImageDataset(torch.utils.data.Dataset):
         base = np.asarray(indices, dtype=np.int64) % len(self.names)
         if self.labels is None or self.c_dim == 0:
             labels = np.zeros([len(base), self.c_dim], dtype=np.float32)
-        elif self.labels.ndim == 1:
-            labels = np.eye(self.c_dim, dtype=np.float32)[self.labels[base]]
+        elif self.labels.ndim == 1:  # one-hot rows: n * c_dim floats, never a c_dim x c_dim identity
+            labels = np.zeros([len(base), self.c_dim], dtype=np.float32)
+            labels[np.arange(len(base)), self.labels[base]] = 1
         else:
             labels = self.labels[base]
         return torch.from_numpy(labels)

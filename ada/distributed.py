@@ -188,22 +188,42 @@ def launch_local(nproc: int, fn: Callable[..., Any], args: tuple = ()) -> Any:
 
     `fn` must be importable (a module-level function): the processes are spawned, not forked,
     as CUDA requires. If any rank fails, the others are stopped and a UserError names it.
+
+    A SIGTERM or SIGINT to this process (a scheduler may signal only the process it started) is
+    passed on to every rank as SIGTERM, and the ranks are waited for: they stop after the same
+    step, rank 0 writes the final snapshot, and this process exits with 128 + the signal it got.
+    (SIGTERM, because a terminal's Ctrl-C reaches the ranks too, and a second SIGINT would make
+    them quit at once; see `ada.training.StopRequested`.)
     """
     port = free_port()
     results = mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(
         _local_rank_main, args=(nproc, port, fn, args, results), nprocs=nproc, join=False, start_method="spawn"
     )
+    received: list[int] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not context.join(grace_period=SHUTDOWN_GRACE_S):
             pass
     except mp.ProcessExitedException as exc:
-        if exc.exit_code in STOPPED_EXIT_CODES:  # rank 0 stopped on request, after its final snapshot
+        if received:  # stopped on request: after rank 0's final snapshot, or before training began
+            raise SystemExit(128 + received[0]) from None
+        if exc.exit_code in STOPPED_EXIT_CODES:  # rank 0 was signalled itself, and stopped after its final snapshot
             raise SystemExit(exc.exit_code) from None
         how = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
         raise UserError(
             f"rank {exc.error_index} of {nproc} failed ({how}; its message is above); the other ranks were stopped"
         ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return None if results.empty() else results.get()
 
 

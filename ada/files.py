@@ -11,9 +11,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,17 +48,28 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def _creation_mode(path: Path) -> int:
-    """The mode a plain open(path, "w") would leave: an existing file keeps its own, a new one gets
-    0o666 less the umask (mkstemp's 0o600 would hide snapshots and grids from the user's group)."""
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside `path`, .NAME.RANDOM.tmp, open for writing: (descriptor, its path).
+
+    It gets the mode a plain open(path, "w") would leave: an existing file's own, else 0o666 less
+    the umask, which the kernel applies as it creates the file. (mkstemp's 0o600 would hide snapshots
+    and grids from the user's group; widening it would need the umask, which can only be read by
+    setting it, process-wide, under the feet of wandb's and TensorBoard's threads.)
+    """
     try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        pass
-    # The umask can only be read by setting it; a strict value for that instant, then the old one back.
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return 0o666 & ~mask
+        existing = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # a new file: the kernel's mode stands
+        existing = None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if existing is not None:
+        try:
+            os.fchmod(fd, existing)
+        except OSError:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+    return fd, tmp
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -69,8 +80,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, _creation_mode(path))
+        fd, tmp = create_temporary(path)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

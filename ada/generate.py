@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import io
 import re
 from pathlib import Path
 
@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from ada.checkpoint import load_generator
+from ada.checks import MAX_SEED, check_finite
 from ada.errors import UserError
+from ada.files import read_regular_file
 from ada.images import save_png, tile, to_uint8
 
-# np.random.RandomState, which turns a seed into z as the official generate.py does, takes 32-bit seeds.
-MAX_SEED = 2**32 - 1
 # Seeds per call: every image is also kept for the grid (3 MB each at 1024 px).
 MAX_SEEDS = 1000
 
@@ -41,6 +41,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def check_truncation(truncation_psi: float) -> None:
+    """--trunc of every command that draws from seeds: at nan or inf every image is black."""
+    check_finite("--trunc", truncation_psi, " (1 means no truncation)")
+
+
 def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
     """The latent of a seed, drawn exactly as the official generate.py draws it."""
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim))
@@ -65,8 +70,7 @@ def generate(
     network: str, seeds: str, truncation_psi: float, class_idx: int | None, noise_mode: str, outdir: str
 ) -> list[Path]:
     seed_list = parse_seeds(seeds)
-    if not math.isfinite(truncation_psi):
-        raise UserError(f"--trunc={truncation_psi} must be a finite number (1 means no truncation)")
+    check_truncation(truncation_psi)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)
     c = class_vector(G, class_idx)
@@ -92,14 +96,26 @@ def generate(
 
 def load_projected_w(path: str | Path, num_ws: int, w_dim: int) -> torch.Tensor:
     """The `w` array [N, num_ws, w_dim] of a projected_w.npz, checked against the network."""
+    where = f"--projected-w={path}"
+    what = "an .npz file with an array 'w', as `ada project` writes"
+    raw = read_regular_file(Path(path))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            ws = data["w"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"--projected-w={path}: not a projected_w.npz with an array 'w' ({exc})") from None
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
+            raise UserError(f"{where}: a single array (.npy), not {what}")
+        with loaded:
+            ws = loaded["w"]
+    except UserError:
+        raise
+    except Exception as exc:  # untrusted bytes fail in many ways: not a zip, bad CRC, a damaged array header, ...
+        raise UserError(f"{where}: not {what} ({type(exc).__name__}: {exc})") from None
     if ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim):
-        raise UserError(f"--projected-w={path}: w has shape {tuple(ws.shape)}, but the network takes "
+        raise UserError(f"{where}: w has shape {tuple(ws.shape)}, but the network takes "
                         f"[N, {num_ws}, {w_dim}]; project with this network")
+    if ws.dtype.kind not in "fiu":
+        raise UserError(f"{where}: w holds {ws.dtype} values, not numbers; project the image again")
+    if not np.isfinite(ws).all():  # it would render black images
+        raise UserError(f"{where}: w holds NaN or infinite values; project the image again")
     return torch.from_numpy(ws.astype(np.float32))
 
 

@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
+from ada.checks import check_finite
 from ada.errors import UserError
 from ada.files import atomic_write
 from ada.images import output_file
@@ -24,6 +25,15 @@ from ada.images import output_file
 SUFFIXES = (".mp4", ".gif")
 # GIF delays are in hundredths of a second, and browsers play delays under 20 ms as 100 ms.
 _GIF_MIN_DELAY_MS = 20
+# The slowest frame rate: a frame every 100 s (a GIF stores at most 655.35 s per frame).
+MIN_FPS = 0.01
+
+
+def check_fps(fps: float) -> None:
+    """--fps of every command that writes a movie."""
+    check_finite("--fps", fps)
+    if fps < MIN_FPS:
+        raise UserError(f"--fps={fps:g} must be at least {MIN_FPS:g} (a frame every {1 / MIN_FPS:g} s)")
 
 
 def ffmpeg_available() -> bool:

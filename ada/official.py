@@ -198,13 +198,14 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+# pickle._Unpickler is private: CPython's pure-Python unpickler, which the pickle module keeps as its
+# fallback. We build on it rather than on pickle.Unpickler (the C one) because the C unpickler's memo
+# is an array that a damaged memo index (LONG_BINPUT 740835074) grows to gigabytes before anything
+# fails; the pure-Python memo is a dict. tests/test_fuzz.py found it. Network pickles hold few opcodes
+# (their tensors are large byte strings), so it is as fast here. tests/test_official_import.py fails
+# by name if the class or the parts of it used here (find_class, persistent_load, load) change.
 class OfficialUnpickler(pickle._Unpickler):
-    """Resolves only ALLOWED_GLOBALS; any other global refuses the whole pickle before it is used.
-
-    Built on pickle's pure-Python unpickler: its memo is a dict, where the C unpickler's is an array
-    that a damaged index (LONG_BINPUT 740835074) grows to gigabytes before anything fails. Network
-    pickles hold few opcodes (their tensors are large byte strings), so it is as fast here.
-    """
+    """Resolves only ALLOWED_GLOBALS; any other global refuses the whole pickle before it is used."""
 
     def find_class(self, module: str, name: str) -> Any:
         target = ALLOWED_GLOBALS.get((module, name))

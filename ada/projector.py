@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ada.checkpoint import load_generator
+from ada.checks import check_seed
+from ada.data import convert_image, open_image
 from ada.errors import UserError
-from ada.files import atomic_write
+from ada.files import atomic_write, read_regular_file
 from ada.images import save_png, to_uint8
 from ada.movie import movie_path, write_movie
 from ada.networks import Generator
@@ -75,12 +77,13 @@ def pixel_embedding(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_target(path: str | Path, resolution: int, channels: int) -> np.ndarray:
-    """The target image, centre-cropped to a square and resized to G's resolution: uint8 [C, H, W]."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB" if channels == 3 else "L")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--target={path}: not a readable image ({exc})") from None
+    """The target image, centre-cropped to a square and resized to G's resolution: uint8 [C, H, W].
+
+    Read as training images are (`ada.data`): a regular file only, its size checked before decoding,
+    16 bits scaled to 8.
+    """
+    name = f"--target={path}"
+    image = convert_image(open_image(read_regular_file(Path(path)), name), "RGB" if channels == 3 else "L", name)
     w, h = image.size
     s = min(w, h)
     image = image.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))
@@ -197,6 +200,7 @@ def run_projection(
     """`ada project`: writes target.png, proj.png, projected_w.npz (and proj.mp4) into outdir."""
     if steps < 1:
         raise UserError(f"--steps={steps} must be at least 1")
+    check_seed("--seed", seed)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)
     if G.c_dim > 0:

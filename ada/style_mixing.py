@@ -17,7 +17,7 @@ import torch
 
 from ada.checkpoint import load_generator
 from ada.errors import UserError
-from ada.generate import parse_seeds, seed_to_z
+from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import output_file, save_png, tile, to_uint8
 from ada.networks import Generator
 
@@ -69,6 +69,7 @@ def mixing_grid(
 def style_mixing(network: str, rows: str, cols: str, styles: str | None, truncation_psi: float, noise_mode: str,
                  out: str) -> Path:
     row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
+    check_truncation(truncation_psi)
     path = output_file(out, (".png",))
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)

@@ -8,9 +8,12 @@
 - every metric result as `Metrics/<key>` (`Metrics/fid50k_full`);
 - the sample grids (reals, fakes_init, fakesNNNNNN) as `Images/<key>`.
 
-The step of every point is the number of real images shown so far (kimg * 1000), the wall time
-the tick's timestamp. The official code steps by whole kimg, which would put all the ticks of a
-short run on one step.
+The step of every point is the whole kimg reached (real images shown // 1000), as the official
+training loop steps (`global_step = int(cur_nimg / 1e3)`), so that our runs and official ones line
+up in one TensorBoard. Ticks shorter than 1 kimg share a step, and TensorBoard keeps the last point
+of a step (a point preempts those at its step and later, as after a resume); stats.jsonl has them
+all. The wall time of a point is the tick's timestamp (the official code writes seconds since the
+start instead; TensorBoard's "Relative" axis shows both alike).
 
 Like wandb, TensorBoard must never stop training: the first failure gives one TrackingWarning and
 the tracker turns itself off.
@@ -38,8 +41,11 @@ TICK_NAMES = {
     "mem_gpu_gb": "Resources/peak_gpu_mem_gb",
     "loss_G": "Loss/G/loss",
     "loss_D": "Loss/D/loss",
-    "loss_G_pl": "Loss/pl_penalty",
-    "loss_D_r1": "Loss/r1_penalty",
+    # Our regularisation stats are the weighted penalties (ada.loss: the path length penalty times
+    # pl_weight, R1 times gamma / 2), the official Loss/G/reg and Loss/D/reg; the official
+    # Loss/pl_penalty and Loss/r1_penalty are the unweighted ones, which we do not record.
+    "loss_G_pl": "Loss/G/reg",
+    "loss_D_r1": "Loss/D/reg",
     # The official code reports the sign of D's logits on reals each step; r_t is their mean over the tick.
     "r_t": "Loss/signs/real",
 }
@@ -59,7 +65,8 @@ def tag_of(key: str) -> str:
 
 
 def step_of(kimg: float) -> int:
-    return int(round(kimg * 1000))
+    """The official step: whole kimg, rounded down (from the exact image count, not the float kimg)."""
+    return round(kimg * 1000) // 1000
 
 
 def grid_image(path: Path) -> np.ndarray:

@@ -238,29 +238,38 @@ def run_description(cfg: TrainConfig, data_name: str) -> str:
 def make_run_dir(outdir: Path, desc: str) -> Path:
     """outdir/NNNNN-desc with the next free number.
 
-    Processes started together may pick the same number: the one whose mkdir loses takes the next.
+    Processes started together may pick the same number: the one whose mkdir loses takes the next,
+    and the one after, without listing the folder again (a network file system's listing may lag
+    behind its mkdir for a while).
     """
     try:
         outdir.mkdir(parents=True, exist_ok=True)
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
+        number = max(ids, default=-1) + 1
         while True:
-            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
-            ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
-            run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+            run_dir = outdir / f"{number:05d}-{desc}"
             try:
                 run_dir.mkdir()
                 return run_dir
             except FileExistsError:
-                continue
+                number += 1
     except OSError as exc:
         raise UserError(f"--outdir={outdir}: cannot create a run directory in it ({exc.strerror})") from None
 
 
 class StopRequested:
-    """SIGTERM / Ctrl-C ask the loop to stop after the current step and write a final snapshot."""
+    """SIGTERM / Ctrl-C ask the loop to stop after the current step and write a final snapshot.
+
+    Ctrl-C pressed again quits at once. A repeated SIGTERM does not: one request can reach a process
+    more than once (a scheduler may signal every process of a job, and the `--gpus N` launcher passes
+    the signal it gets on to its ranks, which a terminal's Ctrl-C reaches as well).
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
+        self._interrupted = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -275,10 +284,13 @@ class StopRequested:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signum = signum
+        if signum == signal.SIGINT:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+        if not self.requested:
+            self.requested = True
+            self.signum = signum
 
 
 class Trainer:

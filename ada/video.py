@@ -18,9 +18,9 @@ import torch
 
 from ada.checkpoint import load_generator
 from ada.errors import UserError
-from ada.generate import parse_seeds, seed_to_z
+from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import tile, to_uint8
-from ada.movie import movie_path, write_movie
+from ada.movie import check_fps, movie_path, write_movie
 from ada.networks import Generator
 
 
@@ -75,8 +75,8 @@ def make_video(network: str, seeds: str, grid: str, frames_per_seed: int, trunca
     cells = keyframes(parse_seeds(seeds), columns, rows)
     if frames_per_seed < 1:
         raise UserError(f"--frames-per-seed={frames_per_seed} must be at least 1")
-    if fps <= 0:
-        raise UserError(f"--fps={fps} must be positive")
+    check_truncation(truncation_psi)
+    check_fps(fps)
     path = movie_path(out)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     G = load_generator(network, device)

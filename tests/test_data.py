@@ -7,10 +7,13 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ada.data import (
+    MAX_CLASSES,
     MAX_PIXELS,
+    ImageDataset,
     InfiniteBatchSampler,
     open_dataset,
     split_validation,
@@ -53,6 +56,26 @@ def test_labels_from_dataset_json_and_cond(tmp_path):
     assert ds.c_dim == 3
     _, c = ds.batch([4])
     assert c.tolist() == [[0, 1, 0]]
+
+
+def test_one_hot_labels_of_the_largest_class_ids_take_no_identity_matrix(monkeypatch):
+    """At the accepted maximum class id an identity matrix would be 65536^2 floats (16 GiB) per batch."""
+    c_dim = MAX_CLASSES
+    class_ids = np.array([0, c_dim - 1, 7, c_dim - 1], dtype=np.int64)
+    ds = ImageDataset(None, ["a", "b", "c", "d"], rgb=False, resolution=8, labels=class_ids, c_dim=c_dim,
+                      mirror=True, name="ids")
+
+    def no_identity(*args, **kwargs):
+        raise AssertionError("np.eye builds a c_dim x c_dim matrix")
+
+    monkeypatch.setattr(np, "eye", no_identity)
+    indices = [1, 6, 0, 3]  # 6 is the mirror of image 2
+    labels = ds.labels_of(indices)
+    assert labels.shape == (4, c_dim) and labels.dtype == torch.float32
+    expected = torch.zeros(4, c_dim)
+    expected[torch.arange(4), torch.tensor([c_dim - 1, 7, 0, c_dim - 1])] = 1
+    assert torch.equal(labels, expected)
+    assert all(torch.equal(labels[k], torch.from_numpy(ds.label(i))) for k, i in enumerate(indices))
 
 
 def test_cond_without_labels_is_refused(image_folder):

@@ -22,13 +22,11 @@ import pickle
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -41,10 +39,10 @@ from ada.cli import main
 from ada.dataset_tool import convert
 from ada.distributed import DistContext
 from ada.errors import UserError
-from ada.files import append_jsonl, read_jsonl
+from ada.files import append_jsonl, atomic_write_text, read_jsonl
 from ada.launch import resolve_config, split_dataset
 from ada.training import TickStats, Trainer
-from tests.conftest import REPO, write_images
+from tests.conftest import REPO, png_header_only, write_images
 
 STEP_NIMG = 4
 RUN = [
@@ -236,6 +234,62 @@ def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(
     assert_same_training_state(load_checkpoint(latest_snapshot(run)), ref_final)
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="--gpus 2 on a CPU needs torch.distributed with gloo")
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    # A scheduler may signal only the process it started; a terminal's Ctrl-C reaches every process of the job.
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigterm-to-the-launcher-alone", "ctrl-c-to-every-process"],
+)
+def test_a_stop_of_a_gpus_run_reaches_every_rank_and_ends_with_a_final_snapshot(tmp_path, signum, group):
+    """`--gpus 2` passes a stop on to its ranks and waits for them, then exits 128 + signal as a single
+    process does; a stop that reaches the ranks twice (from the terminal and from the launcher) is one stop."""
+    outdir = tmp_path / "runs"
+    log = tmp_path / "stopped.log"
+    # A session of its own: the signal reaches the launcher (or its group) alone, and the cleanup every process.
+    proc = start_cli(["train", *RUN, "--gpus", "2", "--kimg", "1", "--outdir", str(outdir)], log,
+                     start_new_session=True)
+    try:
+        wait_for_first_snapshot(outdir, proc, log)
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # ranks that a launcher killed at once would leave behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    output = log.read_text()
+    assert proc.returncode == 128 + signum, output
+    assert "Stopped on request; final snapshot written." in output
+    run = only_run(outdir)
+    stopped_at = load_checkpoint(latest_snapshot(run))["progress"]["cur_nimg"]
+    assert STEP_NIMG < stopped_at < 1000, output
+    assert_stats_clean(run / "stats.jsonl", stopped_at / 1000)
+    assert "Stopped by SIG" in (run / "log.txt").read_text()
+
+
+def test_a_repeated_sigterm_is_one_stop_and_a_second_ctrl_c_quits_at_once():
+    stop = ada.training.StopRequested()
+    stop.install()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's, then the --gpus launcher's
+            os.kill(os.getpid(), signal.SIGINT)  # a terminal's Ctrl-C reaches the ranks too
+        except KeyboardInterrupt:
+            pytest.fail("one stop that reached the process more than once made it quit at once")
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.uninstall()
+
+
 def test_ctrl_c_stops_after_the_step_with_a_final_snapshot(reference, tmp_path):
     """Also a resume from a snapshot file, which starts a new run directory with a stats file of its own."""
     ref_run, _ = reference
@@ -343,6 +397,24 @@ def test_runs_started_together_take_the_next_free_number(tmp_path, monkeypatch):
     assert ada.training.make_run_dir(outdir, "desc") == outdir / "00001-desc"
 
 
+def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeypatch):
+    """On a network file system a listing can miss directories just made: the next number is tried
+    without listing again, which with a lagging listing would never end."""
+    outdir = tmp_path / "runs"
+    for taken in ("00000-desc", "00001-desc"):
+        (outdir / taken).mkdir(parents=True)
+    listings = []
+
+    def stale_listing(self):
+        listings.append(self)
+        assert len(listings) < 5, "the folder is listed again and again"
+        return iter([])
+
+    monkeypatch.setattr(Path, "iterdir", stale_listing)
+    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00002-desc"
+    assert len(listings) == 1
+
+
 def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     """As a plain open() would: snapshots, grids, options, zips and generated images alike, and the
     stats log rewritten by a resume."""
@@ -359,6 +431,26 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     assert {"stats.jsonl", SNAPSHOT, "reals.png", "training_options.json", "seed0001.png"} <= {p.name for p in written}
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
     assert set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_atomic_writes_leave_the_process_umask_alone(tmp_path, monkeypatch):
+    """Reading the umask means setting it, for every thread of the process (wandb's, TensorBoard's)."""
+    old_umask = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called while other threads may create files")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        atomic_write_text(tmp_path / "new.txt", "new")
+        (tmp_path / "old.txt").write_text("old")
+        (tmp_path / "old.txt").chmod(0o604)
+        atomic_write_text(tmp_path / "old.txt", "replaced")
+    finally:
+        monkeypatch.undo()
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640  # 0o666 less the umask, as open() gives
+    assert stat.S_IMODE((tmp_path / "old.txt").stat().st_mode) == 0o604  # a replaced file keeps its mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "old.txt"]  # no temporary left
 
 
 # ----- non-finite losses -----
@@ -573,16 +665,6 @@ def test_checkpoint_with_a_code_payload_is_refused_without_running_it(tmp_path, 
         assert_clean_exit(exc_info, capsys, path.name)
     assert not marker.exists()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "gen").exists()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels and holds none: what a decompression bomb looks like to a header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def zip_with(tmp_path: Path, bad_name: str) -> Path:

@@ -11,10 +11,12 @@ import errno
 import importlib.resources
 import json
 import os
+import signal
 import subprocess
 import sys
-import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,12 @@ from PIL import Image
 
 import ada.config
 import ada.data
+import ada.files
 from ada.cli import main
 from ada.data import open_dataset
 from ada.training import Trainer
-from tests.conftest import REPO, write_images
+from tests._tiny import save_generator, tiny_generator
+from tests.conftest import REPO, png_header_only, write_images
 
 TINY = ["--cfg", "tiny", "--aug", "noaug", "--metrics", "none"]
 
@@ -193,10 +197,11 @@ def test_generate_bounds_the_number_of_seeds(tmp_path, capsys):
         (["--aug", "ada", "--ada-kimg", "inf"], "--ada-kimg=inf must be a finite number"),
         (["--seed", "99999999999999999999999"], "--seed=99999999999999999999999 must be in 0..4294967295"),
         (["--seed", "-1"], "--seed=-1 must be in 0..4294967295"),
+        (["--seed", "1" + "0" * 400], "must be in 0..4294967295"),  # beyond the float range
         (["--resume="], "--resume= is empty"),
     ],
     ids=["kimg-inf", "tick-inf", "gamma-inf", "gamma-nan", "ada-kimg-inf", "seed-huge", "seed-negative",
-         "resume-empty"],
+         "seed-beyond-float", "resume-empty"],
 )
 def test_non_finite_and_empty_values_are_refused(tmp_path, capsys, flags, pattern):
     cli_error(capsys, ["train", "--cfg", "tiny", "--data", "lfw-faces16", "--outdir", str(tmp_path / "runs"),
@@ -213,6 +218,93 @@ def test_generate_refuses_a_non_finite_truncation(small_checkpoint, tmp_path, ca
     cli_error(capsys, ["generate", "--network", str(small_checkpoint), "--seeds", "0", "--trunc", "nan",
                        "--outdir", str(tmp_path / "out")], "--trunc=nan must be a finite number")
     assert not (tmp_path / "out").exists()
+
+
+# ----- the tools around a trained model (issue 18) keep the same promise -----
+
+
+class Hang(BaseException):
+    """Raised in a command that runs past its deadline; no `except Exception` of the code under test
+    can turn it into an error line."""
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: object) -> None:
+        raise Hang(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def tool_inputs(folder: Path) -> dict[str, Path]:
+    """A tiny network and the files the bad cases below hand to it, by name."""
+    folder.mkdir()
+    files = {"network": save_generator(tiny_generator(res=16), folder / "G.pt")}
+    files.update({key: folder / name for key, name in (("w", "w.npz"), ("npy", "w.npy"), ("nan", "nan.npz"),
+                                                         ("damaged", "damaged.npz"), ("fifo", "fifo.png"),
+                                                         ("bomb", "bomb.png"))})
+    w = np.zeros([1, tiny_generator(res=16).num_ws, 8], dtype=np.float32)
+    np.savez(files["w"], w=w)
+    np.save(files["npy"], w)
+    np.savez(files["nan"], w=np.full_like(w, np.nan))
+    raw = files["w"].read_bytes()
+    files["damaged"].write_bytes(raw[: len(raw) // 2])
+    os.mkfifo(files["fifo"])
+    files["bomb"].write_bytes(png_header_only(20000, 20000))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("args", "patterns"),
+    [
+        (["style-mixing", "--rows", "1", "--cols", "2", "--trunc", "nan", "--out", "{out}/mix.png"],
+         ["--trunc=nan must be a finite number"]),
+        (["video", "--seeds", "0", "--trunc", "nan", "--out", "{out}/v.gif"], ["--trunc=nan must be a finite number"]),
+        (["video", "--seeds", "0", "--fps", "nan", "--out", "{out}/v.gif"], ["--fps=nan must be a finite number"]),
+        (["video", "--seeds", "0", "--fps", "inf", "--out", "{out}/v.gif"], ["--fps=inf must be a finite number"]),
+        (["video", "--seeds", "0", "--fps", "0.001", "--out", "{out}/v.gif"], ["--fps=0.001 must be at least 0.01"]),
+        (["augment", "--data", "lfw-faces16", "--seed", "-1", "--out", "{out}/aug.png"],
+         ["--seed=-1 must be in 0..4294967295"]),
+        (["project", "--target", "{bomb}", "--seed", str(10**20), "--outdir", "{out}"],
+         [f"--seed={10**20} must be in 0..4294967295"]),
+        (["generate", "--projected-w", "{npy}", "--outdir", "{out}"], ["w.npy: a single array (.npy), not an .npz"]),
+        (["generate", "--projected-w", "{damaged}", "--outdir", "{out}"], ["damaged.npz: not an .npz file"]),
+        (["generate", "--projected-w", "{nan}", "--outdir", "{out}"], ["nan.npz: w holds NaN or infinite values"]),
+        (["generate", "--projected-w", "{w}", "--trunc", "0.5", "--outdir", "{out}"],
+         ["--trunc cannot be given with --projected-w"]),
+        (["generate", "--projected-w", "{w}", "--class", "1", "--outdir", "{out}"],
+         ["--class cannot be given with --projected-w"]),
+        (["project", "--target", "{fifo}", "--outdir", "{out}"], ["fifo.png is not a regular file"]),
+        (["project", "--target", "{bomb}", "--outdir", "{out}"], ["bomb.png", "megapixel limit"]),
+    ],
+    ids=["style-mixing-trunc-nan", "video-trunc-nan", "video-fps-nan", "video-fps-inf", "video-fps-tiny",
+         "augment-seed-negative", "project-seed-huge", "projected-w-npy", "projected-w-damaged", "projected-w-nan",
+         "projected-w-with-trunc", "projected-w-with-class", "project-fifo-target", "project-bomb-target"],
+)
+def test_the_tools_refuse_bad_input_in_one_line(tmp_path, capsys, args, patterns):
+    files = tool_inputs(tmp_path / "in")
+    argv = [arg.format(out=tmp_path / "out", **files) for arg in args]
+    if argv[0] != "augment":
+        argv += ["--network", str(files["network"])]
+    with deadline(60):
+        cli_error(capsys, argv, *patterns)
+    assert not (tmp_path / "out").exists()
+
+
+def test_project_scales_a_16_bit_target_to_8_bits(tmp_path):
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16, at G's resolution: no resizing
+    network = save_generator(tiny_generator(res=16), tmp_path / "G.pt")
+    main(["project", "--network", str(network), "--target", str(tmp_path / "deep.png"), "--steps", "1",
+          "--outdir", str(tmp_path / "out")])
+    with Image.open(tmp_path / "out" / "target.png") as target:
+        assert np.array_equal(np.asarray(target.convert("L")), np.rint(ramp / 257).astype(np.uint8))
 
 
 # ----- 10, 11. broken symlinks and file names that are not UTF-8 -----
@@ -348,7 +440,7 @@ def test_compare_refuses_an_unwritable_out_in_one_line(finished_run, tmp_path, c
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(ada.files, "create_temporary", read_only)
     cli_error(capsys, ["compare", str(finished_run), "--out", str(tmp_path / "plot.png")], "plot.png",
               "Read-only file system")
 
@@ -369,10 +461,12 @@ def test_a_preset_value_of_the_wrong_type_is_refused(tmp_path, capsys):
     (presets / "typo.yaml").write_text(tiny + "\nkimg: 1O\n")
     (presets / "broken.yaml").write_text("kimg: [1\n")
     (presets / "listed.yaml").write_text("- kimg\n")
+    (presets / "huge.yaml").write_text(tiny + f"\nkimg: {10**400}\n")  # an int that no float holds
     base = ["train", "--data", "lfw-faces16", "--outdir", str(tmp_path / "runs"), "-n"]
     cli_error(capsys, [*base, "--cfg", str(presets / "typo.yaml")], "typo.yaml", "kimg: '1O' is not a number")
     cli_error(capsys, [*base, "--cfg", str(presets / "broken.yaml")], "broken.yaml", "not valid YAML")
     cli_error(capsys, [*base, "--cfg", str(presets / "listed.yaml")], "listed.yaml", "is a mapping of options")
+    cli_error(capsys, [*base, "--cfg", str(presets / "huge.yaml")], "huge.yaml", "is too large")
 
 
 def test_cfg_with_a_file_path_reads_that_file_alone(tmp_path, capsys):
