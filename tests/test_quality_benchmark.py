@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ada.builtin import digits
+from ada.cli import main
 from ada.data import open_dataset
 from tests.test_benchmarks import BENCHMARKS, REPO
 
@@ -95,6 +96,13 @@ def test_table_lists_runs_by_kimg(bench):
     assert lines[1].split() == ["n1-a", "5.0", "4.0"] and lines[2].split() == ["n1-b", "7.5", "-"]
 
 
+@pytest.mark.parametrize("name", ["ada", "published", "fast", "noaug", "fixed", "lecam", "diffaug", "apa"])
+def test_every_named_run_is_a_valid_training(bench, name, tmp_path, capsys):
+    quality, _ = bench
+    main(["train", "--cfg", "cpu", "--data", "digits", "-n", "--outdir", str(tmp_path), *quality.RUNS[name]])
+    assert "nothing written" in capsys.readouterr().out
+
+
 def test_script_end_to_end_is_reproducible(tmp_path):
     def run(out):
         command = [sys.executable, str(BENCHMARKS / "quality.py"), "--n", "24", "--runs", "noaug",
@@ -112,3 +120,12 @@ def test_script_end_to_end_is_reproducible(tmp_path):
     assert list((tmp_path / "a" / "grids").glob("n24-fast-kimg*.png"))
     _, second = run(tmp_path / "b")
     assert second["records"] == first["records"]
+    # An interrupted run continues from its newest snapshot, to the same numbers.
+    run_dir = next((tmp_path / "b" / "runs" / "n24-noaug").glob("0*"))
+    snapshots = sorted(run_dir.glob("network-snapshot-*.pt"))
+    assert len(snapshots) == 2  # tick 0 and 0.032 kimg
+    for path in (run_dir / "done", run_dir / "scores.json", snapshots[-1]):
+        path.unlink()
+    _, third = run(tmp_path / "b")
+    assert "--resume" in (run_dir / "done").read_text()
+    assert third["records"] == first["records"]

@@ -94,9 +94,12 @@ def test_resume_picks_the_newest_snapshot_by_its_recorded_progress_not_its_name(
 def test_a_run_ends_with_a_summary_whose_commands_work(finished, tmp_path):
     run, result = finished
     lines = result.stdout.splitlines()
-    assert lines[-5].startswith("Finished at 0.008 kimg of 0.008 (0.008 kimg trained in")
-    summary = dict(re.fullmatch(r"  (final snapshot|sample grid|generate|continue) +(.*)", line).groups()
-                   for line in lines[-4:])
+    first = next(i for i, line in enumerate(lines) if line.startswith("Finished at "))
+    assert lines[first].startswith("Finished at 0.008 kimg of 0.008 (0.008 kimg trained in")
+    summary = dict(re.fullmatch(r"  (final snapshot|sample grid|reals \| fakes|generate|continue) +(.*)", line).groups()
+                   for line in lines[first + 1:])
+    assert list(summary) == ["final snapshot", "sample grid", "reals | fakes", "generate", "continue"]
+    assert Path(summary["reals | fakes"]) == run / "reals_and_fakes.png" and (run / "reals_and_fakes.png").is_file()
     assert Path(summary["final snapshot"]) == latest_snapshot(run)
     assert Path(summary["sample grid"]) == run / "fakes000000_008.png" and (run / "fakes000000_008.png").is_file()
     generate = shlex.split(summary["generate"])
