@@ -242,9 +242,9 @@ def sorted_grid(samples: torch.Tensor, net: torch.jit.ScriptModule, path: Path, 
 
 
 def stats_at(stats: list[dict[str, Any]], kimg: float) -> dict[str, Any]:
-    """The controller's state (p, r_t, r_v) from the stats line at this snapshot."""
+    """The controllers' state (p, APA's p_apa, r_t, r_v) from the stats line at this snapshot."""
     line = min(stats, key=lambda s: abs(s["kimg"] - kimg), default={})
-    return {key: line.get(key) for key in ("p", "r_t", "r_v")}
+    return {key: line.get(key) for key in ("p", "p_apa", "r_t", "r_v")}
 
 
 def score_run(job: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
