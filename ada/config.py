@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
-import math
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from ada.checks import MAX_SEED, check_finite, is_finite
+from ada.checks import MAX_SEED, check_finite, is_finite, is_supported_resolution
 from ada.errors import UserError
 from augment import PRESETS as AUGPIPE_PRESETS
 
@@ -641,8 +640,8 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
 
 def check_against_data(cfg: TrainConfig, resolution: int) -> None:
     """Checks that need the dataset: the networks' and the pipeline's size limits."""
-    _check(4 <= resolution <= 1024, f"the data is {resolution}x{resolution}; resolutions 4..1024 are supported")
-    _check(math.log2(resolution).is_integer(), f"the data resolution {resolution} is not a power of two")
+    _check(is_supported_resolution(resolution),
+           f"the data is {resolution}x{resolution}; the side must be a power of two in 4..1024")
     _check(
         resolution >= 8 or cfg.aug.mode in ("noaug", "diffaug"),
         f"the augmentation pipeline needs images of at least 8x8 (the data is {resolution}x{resolution}); "

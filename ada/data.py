@@ -17,6 +17,7 @@ datasets decode per batch in `--workers` loader processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ada.checks import is_finite
+from ada.checks import is_finite, is_supported_resolution
 from ada.errors import UserError
 from ada.files import read_regular_file
 
@@ -208,6 +209,7 @@ def decode(data: bytes, name: str, rgb: bool) -> np.ndarray:
 
 
 def has_colour(img: Image.Image) -> bool:
+    """Whether PIL's mode holds colour; the greyscale modes, 16-bit and float ones too, do not."""
     return img.mode not in ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -313,8 +315,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def channels(self) -> int:
         return 3 if self.rgb else 1
 
-    @property
+    @functools.cached_property
     def info(self) -> DatasetInfo:
+        """Computed once: hashing every held pixel takes long on a large set, and runs read it at each snapshot.
+        The fields it depends on are fixed when the dataset is made (`subset` makes another)."""
         digest = hashlib.sha256("\n".join(self.names).encode())
         digest.update(f"{self.resolution}/{self.channels}/{self.c_dim}".encode())
         if self.labels is not None:
@@ -407,7 +411,7 @@ def scan_images(source: ImageSource, display: str) -> tuple[bool, int]:
                 "all images must share one size (convert with `ada dataset --resolution R`)"
             )
         rgb = rgb or has_colour(img)
-    if size & (size - 1) or not 4 <= size <= 1024:
+    if not is_supported_resolution(size):
         raise UserError(
             f"{display}: images are {size}x{size}; the side must be a power of two in 4..1024 "
             "(convert with `ada dataset --resolution R`)"

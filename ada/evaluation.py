@@ -19,6 +19,7 @@ import torch
 
 import metrics
 from ada.data import ImageDataset, open_dataset
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.files import append_jsonl
 
@@ -140,7 +141,7 @@ def metrics_command(network: str, data: str, names: str, mirror: bool, features:
     """Compute metrics for a trained network against a dataset."""
     from ada.checkpoint import load_generator, resolve_checkpoint_path
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     dataset = open_dataset(data, cond=G.c_dim > 0)
 

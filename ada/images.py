@@ -70,3 +70,14 @@ def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out
     except OSError as exc:
         raise UserError(f"{option}={out}: cannot create its folder ({exc.strerror})") from None
     return path
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-to-GPU copy that does not make the host wait for the GPU to finish its queue."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return to_device(images, device).to(torch.float32) / 127.5 - 1

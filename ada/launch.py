@@ -70,16 +70,10 @@ def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
 def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
     """A continued run (`--resume RUN_DIR`) stays in its directory; any other gets a new numbered one,
     so a run that another starts from is never written to."""
-    from ada.training import make_run_dir, run_description
-
     continued = rundir.continued_run({"resume": cfg.resume})
     if continued is not None:
         return continued
-    return make_run_dir(Path(cfg.outdir), run_description(cfg, dataset_name))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return rundir.make_run_dir(Path(cfg.outdir), rundir.run_description(cfg, dataset_name))
 
 
 def _count(n: int, noun: str) -> str:
@@ -112,7 +106,8 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     here; or torchrun (one machine or several), whose variables make this process one rank of
     the job. `--batch` is the global batch in all three; each rank takes batch / world_size.
     """
-    from ada.training import Trainer, environment_setup
+    from ada.build import environment_setup
+    from ada.training import Trainer
 
     job = distributed.rank_env()
     rank0 = job is None or job.rank == 0
@@ -143,7 +138,7 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     if rank0:
         print(describe(cfg, dataset, train_set, val_set))
     environment_setup(cfg)
-    dist = distributed.init_process_group(job) if job is not None else DistContext(device=default_device())
+    dist = distributed.init_process_group(job) if job is not None else DistContext(device=distributed.default_device())
     # One process at a time in a run directory: a second resume of it would interleave its log and
     # snapshots. A continued run's directory is locked before its snapshot is read, a new one as made.
     with ExitStack() as held:
@@ -190,12 +185,10 @@ def _millions(module: torch.nn.Module) -> str:
 
 def planned_run_dir(cfg: TrainConfig, dataset_name: str) -> str:
     """Where a start would write: the continued run's directory, or a new numbered one in --outdir."""
-    from ada.training import run_description
-
     continued = rundir.continued_run({"resume": cfg.resume})
     if continued is not None:
         return str(continued)
-    return str(Path(cfg.outdir) / f"NNNNN-{run_description(cfg, dataset_name)}")
+    return str(Path(cfg.outdir) / f"NNNNN-{rundir.run_description(cfg, dataset_name)}")
 
 
 def with_world_size(overrides: dict[str, Any], world_size: int) -> dict[str, Any]:

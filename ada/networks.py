@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ada import ops
+from ada.checks import is_supported_resolution
 
 RESAMPLE_TAPS = [1, 3, 3, 1]
 
@@ -290,7 +291,7 @@ def fp16_resolution(img_resolution: int, num_fp16_res: int) -> int:
 
 
 def check_resolution(img_resolution: int) -> None:
-    if img_resolution < 4 or img_resolution > 1024 or img_resolution & (img_resolution - 1):
+    if not is_supported_resolution(img_resolution):
         raise ValueError(f"resolution {img_resolution} is not a power of two in 4..1024")
 
 

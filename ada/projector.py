@@ -35,6 +35,7 @@ from PIL import Image
 from ada.checkpoint import load_generator
 from ada.checks import check_seed
 from ada.data import convert_image, open_image
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.files import atomic_write, read_regular_file
 from ada.images import save_png, to_uint8
@@ -201,7 +202,7 @@ def run_projection(
     if steps < 1:
         raise UserError(f"--steps={steps} must be at least 1")
     check_seed("--seed", seed)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     if G.c_dim > 0:
         raise UserError(f"{network}: the network is conditional; projection works with unconditional networks")

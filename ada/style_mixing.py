@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ada.checkpoint import load_generator
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import output_file, save_png, tile, to_uint8
@@ -71,7 +72,7 @@ def style_mixing(network: str, rows: str, cols: str, styles: str | None, truncat
     row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
     check_truncation(truncation_psi)
     path = output_file(out, (".png",))
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     if G.c_dim > 0:
         raise UserError(f"{network}: the network is conditional; style mixing works with unconditional networks")

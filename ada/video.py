@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ada.checkpoint import load_generator
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import tile, to_uint8
@@ -78,7 +79,7 @@ def make_video(network: str, seeds: str, grid: str, frames_per_seed: int, trunca
     check_truncation(truncation_psi)
     check_fps(fps)
     path = movie_path(out)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     if G.c_dim > 0:
         raise UserError(f"{network}: the network is conditional; videos work with unconditional networks")

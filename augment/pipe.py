@@ -171,18 +171,12 @@ class AugmentPipe(torch.nn.Module):
             value = overrides[name] if overrides[name] is not None else base.get(name, 0.0)
             strengths[name] = _checked(name, value, allow_zero=True)
         self.strengths = MappingProxyType(strengths)
-        self.xint_max = _checked("xint_max", xint_max)
-        self.scale_std = _checked("scale_std", scale_std)
-        self.rotate_max = _checked("rotate_max", rotate_max)
-        self.aniso_std = _checked("aniso_std", aniso_std)
-        self.xfrac_std = _checked("xfrac_std", xfrac_std)
-        self.brightness_std = _checked("brightness_std", brightness_std)
-        self.contrast_std = _checked("contrast_std", contrast_std)
-        self.hue_max = _checked("hue_max", hue_max)
-        self.saturation_std = _checked("saturation_std", saturation_std)
-        self.imgfilter_std = _checked("imgfilter_std", imgfilter_std)
-        self.noise_std = _checked("noise_std", noise_std)
-        self.cutout_size = _checked("cutout_size", cutout_size)
+        laws = dict(xint_max=xint_max, scale_std=scale_std, rotate_max=rotate_max, aniso_std=aniso_std,
+                    xfrac_std=xfrac_std, brightness_std=brightness_std, contrast_std=contrast_std, hue_max=hue_max,
+                    saturation_std=saturation_std, imgfilter_std=imgfilter_std, noise_std=noise_std,
+                    cutout_size=cutout_size)
+        for name, value in laws.items():
+            setattr(self, name, _checked(name, value))
         if len(imgfilter_bands) != len(BAND_POWER):
             raise ValueError(f"imgfilter_bands needs {len(BAND_POWER)} values, got {len(imgfilter_bands)}")
         self.imgfilter_bands = tuple(_checked("imgfilter_bands", b, allow_zero=True) for b in imgfilter_bands)

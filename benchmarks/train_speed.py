@@ -196,9 +196,10 @@ class OursRunner:
     """Our Trainer, as `ada train` builds it from `cfg`, on an in-memory dataset of random images."""
 
     def __init__(self, cfg: TrainConfig, res: int, device: str):
+        from ada.build import environment_setup
         from ada.data import ImageDataset
         from ada.distributed import DistContext
-        from ada.training import TickStats, Trainer, environment_setup
+        from ada.training import TickStats, Trainer
 
         environment_setup(cfg)
         images = random_images(res)
@@ -216,8 +217,8 @@ class OfficialRunner:
     """The official training step, driven the way its training_loop drives it, from the same TrainConfig."""
 
     def __init__(self, cfg: TrainConfig, res: int, device: str, checkout: Path):
+        from ada.build import environment_setup, network_kwargs
         from ada.controller import ADA_KIMG
-        from ada.training import environment_setup, network_kwargs
 
         sys.path.insert(0, str(checkout.resolve()))
         import dnnlib  # noqa: F401  (the official checkout's packages, on the path only in this process)

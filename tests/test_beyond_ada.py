@@ -11,7 +11,8 @@ import torch
 from ada.checkpoint import latest_snapshot, load_checkpoint, save_checkpoint
 from ada.cli import main
 from ada.progress import format_tick
-from ada.training import TickStats, run_description
+from ada.rundir import run_description
+from ada.training import TickStats
 from augment import AugmentPipe, DiffAugment
 from tests.test_reliability import OVERRIDES, RUN, SNAPSHOT, assert_same_training_state, build_trainer
 from tests.test_reliability_inputs import cli_error

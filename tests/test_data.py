@@ -33,6 +33,25 @@ def test_folder_dataset_is_read_recursively(tmp_path):
     assert x.shape == (1, 16, 16) and x.dtype.is_floating_point is False and c.shape == (0,)
 
 
+def test_dataset_info_hashes_the_pixels_once(image_folder, monkeypatch):
+    """info fingerprints every held pixel; a run reads it at each snapshot, so it is computed once."""
+    import ada.data
+
+    ds = open_dataset(str(image_folder))
+    calls = []
+    sha256 = ada.data.hashlib.sha256
+
+    def counting(*args):
+        calls.append(1)
+        return sha256(*args)
+
+    monkeypatch.setattr(ada.data.hashlib, "sha256", counting)
+    first = ds.info
+    assert ds.info is first and ds.subset([0, 1]).info is not first
+    assert len(calls) == 2  # the dataset's and its subset's, each once
+    assert ds.subset(list(range(len(ds.names)))).info == first
+
+
 def test_any_colour_image_makes_the_dataset_rgb(tmp_path):
     write_images(tmp_path, 2, 8, mode="L")
     write_images(tmp_path / "c", 1, 8, mode="RGB")

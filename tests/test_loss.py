@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from ada import loss
+from ada.build import lazy_adam
 from ada.config import TrainConfig
-from ada.training import ema_beta, lazy_adam
+from ada.training import ema_beta
 
 
 def test_logistic_losses():

@@ -32,7 +32,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import ada.distributed
 import ada.loss
+import ada.rundir
 import ada.training
 from ada.checkpoint import FORMAT, VERSION, latest_snapshot, load_checkpoint, load_generator
 from ada.cli import main
@@ -41,6 +43,7 @@ from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.files import append_jsonl, atomic_write_text, read_jsonl
 from ada.launch import resolve_config, split_dataset
+from ada.monitor import measure_overfitting
 from ada.training import TickStats, Trainer
 from tests.conftest import REPO, png_header_only, write_images
 
@@ -274,7 +277,7 @@ def test_a_stop_of_a_gpus_run_reaches_every_rank_and_ends_with_a_final_snapshot(
 
 
 def test_a_repeated_sigterm_is_one_stop_and_a_second_ctrl_c_quits_at_once():
-    stop = ada.training.StopRequested()
+    stop = ada.distributed.StopRequested()
     stop.install()
     try:
         try:
@@ -394,7 +397,7 @@ def test_runs_started_together_take_the_next_free_number(tmp_path, monkeypatch):
         return iter(entries)
 
     monkeypatch.setattr(Path, "iterdir", list_then_lose_the_race)
-    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00001-desc"
+    assert ada.rundir.make_run_dir(outdir, "desc") == outdir / "00001-desc"
 
 
 def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeypatch):
@@ -411,7 +414,7 @@ def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeyp
         return iter([])
 
     monkeypatch.setattr(Path, "iterdir", stale_listing)
-    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00002-desc"
+    assert ada.rundir.make_run_dir(outdir, "desc") == outdir / "00002-desc"
     assert len(listings) == 1
 
 
@@ -746,7 +749,7 @@ def test_same_seed_same_steps_bit_for_bit():
     a = build_trainer()
     initial = copy.deepcopy(a.G.state_dict())
     a.train_step(TickStats())
-    a.measure_overfitting()
+    measure_overfitting(a)
     a.train_step(TickStats())
     state_a = a.checkpoint_state()
     b = build_trainer()
