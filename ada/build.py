@@ -112,22 +112,20 @@ def build_phases(cfg: TrainConfig, G: Generator, D: Discriminator, d_params: lis
     return phases
 
 
-def build_augment_pipe(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
-    """The module every image D sees passes through, and the ADA pipe in it whose p follows the
-    controller (None for DiffAugment, which has no p; a composition would return both)."""
+def build_augment_pipe(cfg: TrainConfig, device: torch.device, controller: AdaController) -> torch.nn.Module | None:
+    """The module every image D sees passes through. The ADA pipe reads its p from `controller`,
+    which owns it; DiffAugment has no p."""
     a = cfg.aug
     if a.mode == "noaug":
-        return None, None
+        return None
     if a.mode == "diffaug":
         from augment.diffaug import DiffAugment
 
-        return DiffAugment(a.diffaug_policy).to(device), None
+        return DiffAugment(a.diffaug_policy).to(device)
     from augment import AugmentPipe
     from augment.extra_stages import parse_extra
 
-    pipe = AugmentPipe(preset=a.pipe, extra=parse_extra(a.extra)).to(device)
-    pipe.p.copy_(torch.as_tensor(a.p))
-    return pipe, pipe
+    return AugmentPipe(preset=a.pipe, extra=parse_extra(a.extra), p=lambda: controller.p).to(device)
 
 
 def resolve_ada_kimg(cfg: TrainConfig, transfer: bool) -> float:

@@ -118,7 +118,11 @@ def rng_states(trainer: Trainer) -> dict[str, list[torch.Tensor] | None]:
 
 def training_state(trainer: Trainer, rng: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole training state; `rng` from `rng_states`, which with several ranks every rank must
-    have called (default: gather now, fine for one process)."""
+    have called (default: gather now, fine for one process).
+
+    The augmentation probability is the controller's alone: checkpoints written while the pipe kept
+    a copy of it also hold "augment_pipe", which nothing reads.
+    """
     t = trainer
     return {
         "G_kwargs": t.G.init_kwargs,
@@ -128,7 +132,6 @@ def training_state(trainer: Trainer, rng: dict[str, Any] | None = None) -> dict[
         "G_ema": t.G_ema.state_dict(),
         "opt_G": t.phase("Gmain").opt.state_dict(),
         "opt_D": t.phase("Dmain").opt.state_dict(),
-        "augment_pipe": None if t.augment_pipe is None else t.augment_pipe.state_dict(),
         "controller": t.controller.state_dict(),
         "apa_controller": None if t.apa_controller is None else t.apa_controller.state_dict(),
         "lecam": None if t.loss.lecam is None else t.loss.lecam.state_dict(),

@@ -124,8 +124,8 @@ class Trainer:
         self.dist.broadcast_module(self.D)
         self.dist.broadcast_module(self.G_ema)
 
-        self.augment_pipe, self.adaptive_pipe = build.build_augment_pipe(cfg, self.device)
         self.controller = build.build_controller(cfg, self.transfer)
+        self.augment_pipe = build.build_augment_pipe(cfg, self.device, self.controller)
         self.apa_controller = build.build_apa_controller(cfg, self.transfer)
         d_params = build.freeze_d_layers(self.D, cfg.freezed)
         self.loss = StyleGAN2Loss(
@@ -218,8 +218,6 @@ class Trainer:
         real_img = to_float_images(real_img, self.device).split(self.batch_gpu)
         real_c = to_device(real_c, self.device).split(self.batch_gpu) if self.G.c_dim > 0 else None
         rounds = len(real_img)
-        if self.adaptive_pipe is not None:
-            self.adaptive_pipe.p.fill_(self.controller.p)
         # APA's controller follows the same signs as ADA's, with its own target and speed.
         controllers = [self.controller] if self.apa_controller is None else [self.controller, self.apa_controller]
         if self.apa_controller is not None:

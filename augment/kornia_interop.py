@@ -91,7 +91,7 @@ class KorniaAugmentPipe(kornia.augmentation.GeometricAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         n, channels, height, width = batch_shape
-        return params_to_dict(self.pipe.sample(n, channels, height, width, device=self.pipe.p.device))
+        return params_to_dict(self.pipe.sample(n, channels, height, width, device=self.pipe.device))
 
     def compute_transformation(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]) -> Tensor:
         if "geom" not in params:

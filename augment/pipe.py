@@ -1,7 +1,7 @@
 """AugmentPipe: ADA's differentiable augmentation pipeline as a torch module."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -108,9 +108,10 @@ class AugmentPipe(torch.nn.Module):
 
     Args:
         preset: one of PRESETS (default "bgc"), or None for all strengths 0.
-        p: initial augmentation probability, in [0, 1]. Stored as the float32 buffer `p` (it is
-            in state_dict); set it any time with `pipe.p.copy_(value)`. Values above 1 act as 1;
-            keeping p in [0, 1] is the caller's job.
+        p: the augmentation probability, in [0, 1]: a number, or a function that returns the
+            current one (a training loop passes its controller's, which owns p; the pipe reads it
+            at every draw and keeps no copy). Set a number any time with `pipe.p = value`. Values
+            a function returns above 1 act as 1; keeping them in [0, 1] is the caller's job.
         xflip ... cutout: strength multiplier of each transform (>= 0); None keeps the preset's.
         The laws (defaults are ADA's): xint_max, integer shift uniform within +-xint_max of the
         size; scale_std, aniso_std, contrast_std, saturation_std, imgfilter_std, log2 standard
@@ -144,7 +145,7 @@ class AugmentPipe(torch.nn.Module):
         self,
         preset: str | None = "bgc",
         *,
-        p: float = 0.0,
+        p: float | Callable[[], float] = 0.0,
         xflip: float | None = None, rotate90: float | None = None, xint: float | None = None,
         scale: float | None = None, rotate: float | None = None, aniso: float | None = None,
         xfrac: float | None = None, brightness: float | None = None, contrast: float | None = None,
@@ -160,8 +161,6 @@ class AugmentPipe(torch.nn.Module):
         super().__init__()
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"augmentation probability p must be in [0, 1], got {p}")
         overrides = dict(xflip=xflip, rotate90=rotate90, xint=xint, scale=scale, rotate=rotate, aniso=aniso,
                          xfrac=xfrac, brightness=brightness, contrast=contrast, lumaflip=lumaflip, hue=hue,
                          saturation=saturation, imgfilter=imgfilter, noise=noise, cutout=cutout)
@@ -181,9 +180,25 @@ class AugmentPipe(torch.nn.Module):
             raise ValueError(f"imgfilter_bands needs {len(BAND_POWER)} values, got {len(imgfilter_bands)}")
         self.imgfilter_bands = tuple(_checked("imgfilter_bands", b, allow_zero=True) for b in imgfilter_bands)
 
-        self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32))
+        self.p = p
         self.register_buffer("band_filters", torch.from_numpy(band_filters(SYM2)), persistent=False)
         self.extra = torch.nn.ModuleList(_extra_stage(stage) for stage in extra)
+
+    @property
+    def p(self) -> float:
+        return self._p() if callable(self._p) else self._p
+
+    @p.setter
+    def p(self, value: float | Callable[[], float]) -> None:
+        if not callable(value):
+            value = float(value)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation probability p must be in [0, 1], got {value}")
+        self._p = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.band_filters.device
 
     def extra_repr(self) -> str:
         on = ", ".join(f"{k}={v:g}" for k, v in self.strengths.items() if v > 0)
@@ -195,9 +210,11 @@ class AugmentPipe(torch.nn.Module):
     def sample(self, n: int, channels: int, height: int, width: int, device: torch.device | str | None = None,
                generator: torch.Generator | None = None) -> AugmentParams:
         """Draws the random parameters for a batch of n images of shape [channels, height, width]."""
-        device = torch.device(device) if device is not None else self.p.device
+        device = torch.device(device) if device is not None else self.device
         s = self.strengths
-        prob = {name: self.p.to(device) * s[name] for name in TRANSFORMS}
+        # float32, as the probabilities are compared with float32 uniform draws.
+        p = torch.tensor(self.p, dtype=torch.float32, device=device)
+        prob = {name: p * s[name] for name in TRANSFORMS}
         rng = sampling.Rng(generator, device)
         draws: dict[str, Tensor] = {}
         params = AugmentParams(draws=draws)
@@ -273,7 +290,7 @@ class AugmentPipe(torch.nn.Module):
             params.cutout_centres = sampling.cutout_centres(n, rng)
 
         for stage in self.extra:
-            chosen = sampling.applied(n, self.p.to(device), rng)
+            chosen = sampling.applied(n, p, rng)
             count = int(chosen.sum())
             # Some kornia augmentations cannot draw for an empty batch; nothing is drawn for none.
             drawn = stage.forward_parameters(torch.Size([count, channels, height, width])) if count else {}

@@ -207,6 +207,32 @@ def test_sigkill_after_first_snapshot_then_resume_continues_exactly(reference, t
     assert_same_training_state(final, ref_final)
 
 
+def test_a_checkpoint_from_when_the_pipe_kept_a_copy_of_p_resumes_exactly(reference, tmp_path):
+    """Checkpoints written while the augmentation pipe kept its own copy of p hold it under
+    "augment_pipe"; the controller's p is the one restored, and the copy is ignored."""
+    from ada.checkpoint import save_checkpoint
+
+    ref_run, ref_final = reference
+    old = load_checkpoint(ref_run / SNAPSHOT)
+    assert "augment_pipe" not in old and old["controller"]["p"] > 0
+    # As those versions wrote it: the pipe's float32 buffer, set at the start of the last step.
+    old["augment_pipe"] = {"p": torch.tensor(0.0)}
+    path = tmp_path / "old" / SNAPSHOT
+    path.parent.mkdir()
+    save_checkpoint(path, old)
+
+    run = train(tmp_path / "runs", "--kimg", TOTAL_KIMG, "--resume", str(path))
+
+    final = load_checkpoint(latest_snapshot(run))
+    assert final["progress"]["cur_nimg"] == TOTAL_NIMG and "augment_pipe" not in final
+    ref_stats = read_jsonl(ref_run / "stats.jsonl")
+    assert [untimed(r) for r in read_jsonl(run / "stats.jsonl")] == [untimed(r) for r in ref_stats[1:]]
+    # A file resumed into a new run directory counts the lines of that directory's stats.jsonl.
+    assert final["progress"].pop("stats_lines") == ref_final["progress"]["stats_lines"] - 1
+    assert_same_training_state(final, {**ref_final, "progress": {
+        k: v for k, v in ref_final["progress"].items() if k != "stats_lines"}})
+
+
 def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(reference, tmp_path):
     ref_run, ref_final = reference
     outdir = tmp_path / "runs"
