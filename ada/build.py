@@ -10,9 +10,10 @@ import torch
 
 from ada.config import TrainConfig
 from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController
+from ada.discriminator import Discriminator
 from ada.errors import UserError
 from ada.loss_scaler import LossScaler
-from ada.networks import Discriminator, Generator
+from ada.networks import Generator
 
 
 @dataclass

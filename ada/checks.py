@@ -1,6 +1,6 @@
 """Checks of single values a user gives: finite numbers, seeds and image sizes.
 
-`ada train` applies them to its declared options (`ada.config.validate`), the tools around a
+`ada train` applies them to its declared options (`ada.config_checks.validate`), the tools around a
 trained model to their own flags, so every command refuses the same values in the same words:
 one `UserError` line naming the flag and the value.
 """

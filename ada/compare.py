@@ -20,7 +20,6 @@ Pure functions for tests and other tools: ``load_run``, ``run_identity``, ``summ
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -34,6 +33,7 @@ import click
 from ada.config import preset_label
 from ada.errors import UserError
 from ada.files import atomic_write, read_jsonl
+from ada.rundir import stored_options
 from ada.tracking import as_number, best_evaluation, dataset_name, metric_direction, starts_from_checkpoint
 
 if TYPE_CHECKING:
@@ -124,16 +124,7 @@ def load_run(run_dir: Path | str) -> RunLog:
                 f"{stats_path}: record {position} has no numeric 'kimg'; the file is not a training stats log"
             )
 
-    options: dict[str, Any] = {}
-    options_path = path / "training_options.json"
-    if options_path.is_file():
-        try:
-            loaded = json.loads(options_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {options_path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{options_path} is not a JSON object")
-        options = loaded
+    options = stored_options(path) or {}
 
     metrics = {
         metric_path.stem.removeprefix("metric-"): read_metric_log(metric_path)

@@ -32,9 +32,7 @@ class MetricReals:
     """
 
     def __init__(self, dataset: ImageDataset, source: str):
-        if dataset.mirror:
-            dataset = dataset.subset(list(range(len(dataset.names))))
-            dataset.mirror = False
+        dataset = dataset.unmirrored()
         self.dataset = dataset
         digest = hashlib.sha256(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:8]
         self.name = f"{dataset.name}-{digest}-{dataset.resolution}px-{len(dataset.names)}"

@@ -226,6 +226,16 @@ def trim_jsonl(path: Path, keep: int) -> tuple[int, int]:
     return len(kept), len(damaged)
 
 
+def not_regular_file(shown: object) -> UserError:
+    return UserError(f"{shown} is not a regular file (a pipe, socket or device); remove it")
+
+
+def check_regular_file(path: Path, shown: object = None) -> None:
+    """Refuse a FIFO, socket or device (a FIFO would block its reader forever); `shown` names it."""
+    if not path.is_file():
+        raise not_regular_file(path if shown is None else shown)
+
+
 def read_regular_file(path: Path) -> bytes:
     """The bytes of a regular file. A FIFO, socket or device is refused without blocking on it."""
     try:
@@ -235,7 +245,7 @@ def read_regular_file(path: Path) -> bytes:
         raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"{path} is not a regular file (a pipe, socket or device); remove it")
+            raise not_regular_file(path)
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     except OSError as exc:

@@ -60,6 +60,16 @@ def side_by_side(left: np.ndarray, right: np.ndarray, resolution: int, gap: int 
     return both.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def output_dir(outdir: str | Path, option: str = "--outdir") -> Path:
+    """The folder a tool writes into, made before any work."""
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option}={outdir}: cannot create it ({exc.strerror})") from None
+    return out
+
+
 def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out") -> Path:
     """The file a tool writes, checked before any work: a known suffix, and its folder made."""
     path = Path(out)

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ada import config as config_mod
-from ada import distributed, rundir
+from ada import config_checks, distributed, rundir
 from ada.config import TrainConfig
-from ada.data import open_dataset, split_validation, take_subset
+from ada.data import open_dataset
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.files import run_dir_lock
+from ada.loader import split_validation, take_subset
 
 
 def preset_for_machine(preset: str, quiet: bool = False) -> str:
@@ -44,18 +45,18 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], quiet: bool = 
     run_dir = rundir.continued_run(overrides)
     if run_dir is not None:
         cfg = rundir.continue_config(run_dir, preset, overrides)
-        config_mod.validate(cfg)
+        config_checks.validate(cfg)
         dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
-        config_mod.check_against_data(cfg, dataset.resolution)
+        config_checks.check_against_data(cfg, dataset.resolution)
     else:
         # The flags are checked before the data is opened; the auto rules need its resolution.
         cfg = config_mod.resolve(preset, overrides, resolution=None)
-        config_mod.validate(cfg)
+        config_checks.validate(cfg)
         dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
-        config_mod.check_against_data(cfg, dataset.resolution)
+        config_checks.check_against_data(cfg, dataset.resolution)
         if cfg.auto_rules:
             cfg = config_mod.resolve(preset, overrides, dataset.resolution)
-            config_mod.validate(cfg)
+            config_checks.validate(cfg)
     cfg.data = rundir.canonical_data(cfg.data)
     # Resolved, so that the printed and recorded options are the ones the run uses.
     cfg.batch_gpu = cfg.batch_gpu or cfg.batch // cfg.gpus
@@ -116,8 +117,7 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     cfg, dataset = resolve_config(preset, overrides, quiet=not rank0)
     train_set, val_set = split_dataset(cfg, dataset)
     # Metrics compare against every real image, without the x-flips, as the official *_full metrics do.
-    eval_set = dataset.subset(list(range(len(dataset.names))))
-    eval_set.mirror = False
+    eval_set = dataset.unmirrored()
     if dry_run:
         if rank0:
             # Everything a start checks, the --resume checkpoint and the networks included, on the CPU.

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ada.controller import r_v
-from ada.data import no_validation_reason
 from ada.images import to_float_images
+from ada.loader import no_validation_reason
 from metrics.diversity import diversity_ratio
 
 if TYPE_CHECKING:

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from ada import config
+from ada import config, field_types
 from ada.checkpoint import latest_snapshot, load_checkpoint
 from ada.config import TrainConfig, preset_label
-from ada.errors import UserError
+from ada.errors import UserError, one_line
 from ada.files import atomic_write_text, remove_stale_temporaries, trim_jsonl
 from ada.images import grid_shape, save_grid, save_png, side_by_side, tile, to_uint8
 from ada.progress import format_duration
@@ -165,7 +165,7 @@ def stored_options(run_dir: Path) -> dict[str, Any] | None:
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it ({' '.join(str(exc).split())})") from None
+        raise UserError(f"{path}: cannot read it ({one_line(exc, 'whole')})") from None
     if not isinstance(stored, dict):
         raise UserError(f"{path}: not a JSON object of options")
     return stored
@@ -196,7 +196,7 @@ def _same(setting: config.Setting, given: Any, stored: Any) -> bool:
     if setting.key == "data":
         return canonical_data(str(given)) == stored
     try:
-        return config.coerce(setting, given) == stored
+        return field_types.coerce(setting, given) == stored
     except ValueError:
         return False
 

@@ -48,6 +48,8 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any
 
+from ada.errors import one_line
+
 MODES = ("online", "offline", "disabled")
 # Older spellings wandb still accepts for WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
@@ -73,7 +75,7 @@ def warn_tracking(message: str) -> None:
 
 def describe_error(exc: Exception) -> str:
     # wandb's messages span several lines; a warning should stay one line in the training log.
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return f"{type(exc).__name__}: {one_line(exc, 'whole')}"
 
 
 # ----------------------------------------------------------------------------- pure helpers

@@ -12,7 +12,9 @@ Every `tick` kimg it measures the overfitting heuristics, writes one line of sta
 and one console line; every `snap` ticks it writes a sample grid and a checkpoint.
 
 The state of a run lives in a few objects: the config, the networks (G, D, G_ema), the
-optimisers, the augmentation pipe and the ADA controller, and `Progress`.
+optimisers, the ADA controller (which owns p; the augmentation pipe reads it), and `Progress`.
+Its parts are built in `ada.build`; snapshots and --resume are `ada.snapshots`, the run
+directory `ada.rundir`, the tick's measurements `ada.monitor`.
 """
 
 from __future__ import annotations
@@ -31,15 +33,17 @@ from ada import build, snapshots
 from ada import checkpoint as ckpt_io
 from ada.build import Phase
 from ada.config import TrainConfig
-from ada.data import ImageDataset, infinite_loader
+from ada.data import ImageDataset
+from ada.discriminator import Discriminator
 from ada.distributed import DistContext, StopRequested
 from ada.errors import UserError
 from ada.evaluation import MetricReals, MetricSuite, format_results, write_results
 from ada.files import append_jsonl
 from ada.images import save_grid, to_device, to_float_images
+from ada.loader import infinite_loader
 from ada.loss import StyleGAN2Loss
 from ada.monitor import CollapseSignal, measure_overfitting
-from ada.networks import Discriminator, Generator
+from ada.networks import Generator
 from ada.progress import Progress, Tick, TickBar, TickStats, cpu_memory_gb, finite_or_none, format_tick
 from ada.rundir import SampleGrid, open_run_dir
 from ada.tfevents import TensorBoardTracker

@@ -16,7 +16,7 @@ import click
 import numpy as np
 import torch
 
-from ada.checkpoint import load_generator
+from ada.checkpoint import load_unconditional_generator
 from ada.distributed import default_device
 from ada.errors import UserError
 from ada.generate import check_truncation, parse_seeds, seed_to_z
@@ -80,9 +80,7 @@ def make_video(network: str, seeds: str, grid: str, frames_per_seed: int, trunca
     check_fps(fps)
     path = movie_path(out)
     device = default_device()
-    G = load_generator(network, device)
-    if G.c_dim > 0:
-        raise UserError(f"{network}: the network is conditional; videos work with unconditional networks")
+    G = load_unconditional_generator(network, device, "videos work")
     count = write_movie(interpolation_frames(G, cells, columns, frames_per_seed, truncation_psi), path, fps)
     print(f"Wrote {path}: {count} frames, {columns}x{rows} cells of {len(cells[0])} keyframes each")
     return path

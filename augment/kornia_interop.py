@@ -33,8 +33,8 @@ import kornia.augmentation
 import torch
 from torch import Tensor
 
-from augment.geometric import blit, is_blit, resample
-from augment.pipe import AugmentParams, AugmentPipe
+from augment.geometric import blit
+from augment.pipe import AugmentParams, AugmentPipe, warp
 
 _FIELDS = ("geom", "color", "band_gains", "noise_std", "noise", "cutout_centres", "cutout")
 _DRAW = "draw."
@@ -69,14 +69,6 @@ def centred_map(matrix: Tensor, height: int, width: int) -> Tensor:
     """A pixel-coordinate map -> the same map in our centred coordinates."""
     c = centred_from_pixel(height, width, matrix)
     return c @ matrix @ torch.linalg.inv(c)
-
-
-def warp(images: Tensor, g_inv: Tensor) -> Tensor:
-    """The pipe's geometric warp alone: exact pixel copies where the map moves whole pixels."""
-    whole = is_blit(g_inv, *images.shape[2:])
-    if bool(whole.all()):
-        return blit(images, g_inv)
-    return torch.where(whole.view(-1, 1, 1, 1), blit(images, g_inv), resample(images, g_inv))
 
 
 class KorniaAugmentPipe(kornia.augmentation.GeometricAugmentationBase2D):

@@ -94,6 +94,15 @@ def _on_subset(images: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
     return images.index_copy(0, index, out)
 
 
+def warp(images: Tensor, g_inv: Tensor) -> Tensor:
+    """Each image by its own geometric map [N, 3, 3]: untouched where the map is the identity, copied
+    pixel for pixel where it moves whole pixels, resampled once elsewhere."""
+    changed = _changed(g_inv)
+    whole_pixels = is_blit(g_inv, *images.shape[2:])
+    images = _on_subset(images, changed & whole_pixels, blit, g_inv)
+    return _on_subset(images, changed & ~whole_pixels, resample, g_inv)
+
+
 class AugmentPipe(torch.nn.Module):
     """The ADA augmentation pipeline: a random, differentiable map of image batches to image batches.
 
@@ -300,11 +309,7 @@ class AugmentPipe(torch.nn.Module):
     def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
         """Applies drawn parameters to images; differentiable with respect to images."""
         if params.geom is not None:
-            changed = _changed(params.geom)
-            whole_pixels = is_blit(params.geom, *images.shape[2:])
-            # Pure pixel moves are copied exactly; everything else is resampled once.
-            images = _on_subset(images, changed & whole_pixels, blit, params.geom)
-            images = _on_subset(images, changed & ~whole_pixels, resample, params.geom)
+            images = warp(images, params.geom)
         if params.color is not None:
             changed = _changed(params.color)
             if bool(changed.any()):

@@ -43,6 +43,7 @@ import torch
 from harness import Sides
 
 from ada import config as config_mod
+from ada import config_checks
 from ada.config import TrainConfig
 from ada.errors import UserError
 
@@ -159,7 +160,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         config_mod.apply_overrides(cfg, rules, source="reference configuration")
         config_mod.apply_overrides(cfg, flag_overrides(args), source="command line")
     cfg.data, cfg.workers, cfg.seed = "random", 0, 0
-    config_mod.validate(cfg)
+    config_checks.validate(cfg)
     return cfg
 
 

@@ -10,17 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ada.data import (
-    MAX_CLASSES,
-    MAX_PIXELS,
-    ImageDataset,
-    InfiniteBatchSampler,
-    open_dataset,
-    split_validation,
-    take_subset,
-)
+from ada.data import MAX_CLASSES, MAX_PIXELS, ImageDataset, open_dataset
 from ada.dataset_tool import convert
 from ada.errors import UserError
+from ada.loader import InfiniteBatchSampler, split_validation, take_subset
 from tests.conftest import write_images
 
 

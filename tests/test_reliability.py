@@ -752,7 +752,8 @@ def test_loader_workers_survive_ctrl_c(tmp_path):
     """Ctrl-C reaches every process of the group; only the trainer may act on it."""
     import multiprocessing
 
-    from ada.data import infinite_loader, open_dataset
+    from ada.data import open_dataset
+    from ada.loader import infinite_loader
 
     write_images(tmp_path / "data", 8, 16)
     dataset = open_dataset(str(tmp_path / "data"), cache_bytes=0)  # decoded per batch, in a worker

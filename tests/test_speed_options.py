@@ -187,7 +187,8 @@ def test_compiled_main_phases_give_the_same_step(plain, monkeypatch):
 
 def test_inductor_compiled_networks_match_eager():
     """The real compiler, where this machine has one: outputs and gradients of compiled G and D."""
-    from ada.networks import Discriminator, Generator
+    from ada.discriminator import Discriminator
+    from ada.networks import Generator
 
     torch.manual_seed(0)
     G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
