@@ -43,7 +43,7 @@ def preview_grid(
     rows = []
     with torch.no_grad():
         for p in ps:
-            pipe.p.fill_(p)
+            pipe.p = p
             rows.append(to_uint8(pipe(images, generator=generator)))
     return tile(np.concatenate(rows), count, len(ps))
 

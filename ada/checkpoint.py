@@ -15,8 +15,6 @@ G_kwargs and G_ema (`load_generator`), so a generator-only export serves them to
 
 from __future__ import annotations
 
-import itertools
-import math
 import pickle
 import re
 import zipfile
@@ -25,24 +23,16 @@ from typing import Any
 
 import torch
 
-from ada.errors import UserError
+from ada.checkpoint_checks import checkpoint_problem, generator_problem, optimizer_problem
+from ada.discriminator import Discriminator
+from ada.errors import UserError, one_line
 from ada.files import atomic_write
-from ada.networks import Discriminator, Generator
+from ada.networks import Generator
 
 FORMAT = "ada-gan-checkpoint"
 VERSION = 1
 SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)(_\d{3})?\.pt$")
-# The most values (parameters and buffers) a network from a file may have: about ten times the
-# official 1024 px generator (30 M). More is damage, and building it could take terabytes.
-MAX_NETWORK_VALUES = 2**28
-# StyleGAN2 maps with 2 or 8 layers; a mapping network far deeper is damage, and slow to even plan.
-MAX_MAPPING_LAYERS = 64
 
-# What every checkpoint holds, and of which type.
-_FIELDS = {
-    "G_kwargs": dict, "D_kwargs": dict, "G": dict, "D": dict, "G_ema": dict, "opt_G": dict, "opt_D": dict,
-    "controller": dict, "pl_mean": torch.Tensor, "progress": dict, "rng": dict, "config": dict, "dataset": dict,
-}
 
 
 def snapshot_tag(run_dir: Path, nimg: int) -> str:
@@ -74,19 +64,18 @@ def recorded_nimg(path: Path) -> int | None:
     None where it records no progress (a generator-only export named like a snapshot); the loader that
     reads it decides whether that is enough. A file that cannot be read at all is damaged.
     """
-    if not path.is_file():  # a FIFO would block its reader forever
-        raise damaged(path, "not a regular file: a pipe, socket or device")
+    _check_regular(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any damage: a cut zip, a foreign file, an object that is not data
-        raise damaged(path, f"cannot read the progress it recorded: {_first_sentence(exc)}") from None
+        raise damaged(path, f"cannot read the progress it recorded: {one_line(exc, 'sentence')}") from None
     progress = ckpt.get("progress") if isinstance(ckpt, dict) else None
     if not isinstance(progress, dict) or "cur_nimg" not in progress:
         return None
     try:
         return int(progress["cur_nimg"])
     except (TypeError, ValueError, OverflowError) as exc:
-        raise damaged(path, f"cannot read the progress it recorded: {_first_sentence(exc)}") from None
+        raise damaged(path, f"cannot read the progress it recorded: {one_line(exc, 'sentence')}") from None
 
 
 def _named_nimg(path: Path) -> int:
@@ -127,6 +116,11 @@ def previous_snapshot(path: Path) -> Path | None:
     return max((p for p in earlier if p.is_file()), key=snapshot_order, default=None)
 
 
+def _check_regular(path: Path) -> None:
+    if not path.is_file():  # a FIFO would block its reader forever
+        raise damaged(path, "not a regular file: a pipe, socket or device")
+
+
 def damaged(path: Path, detail: str) -> UserError:
     """The error for a checkpoint that cannot be used: what is wrong, and which snapshot to use instead."""
     previous = previous_snapshot(path)
@@ -149,8 +143,7 @@ def resolve_checkpoint_path(spec: str) -> Path:
         path = snap
     elif not path.exists():
         raise UserError(f"{spec}: no such checkpoint file or run directory")
-    if not path.is_file():  # a FIFO would block its reader forever
-        raise damaged(path, "not a regular file: a pipe, socket or device")
+    _check_regular(path)
     return path
 
 
@@ -162,11 +155,6 @@ def is_our_checkpoint(path: Path) -> bool:
             return f.read(4) == b"PK\x03\x04" or bool(SNAPSHOT_PATTERN.match(path.name))
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
-
-
-def _first_sentence(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
 
 
 def _check_torch_archive(path: Path) -> None:
@@ -213,13 +201,13 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL (\S+)", str(exc))
         if refused is None:
-            raise damaged(path, _first_sentence(exc)) from None
+            raise damaged(path, one_line(exc, 'sentence')) from None
         raise UserError(
             f"refused to load {path}: it holds the Python object {refused.group(1)}, which a checkpoint "
             "never contains (nothing of it was run)"
         ) from None
     except Exception as exc:  # untrusted bytes fail in many ways: a cut zip, bad records, ...
-        raise damaged(path, _first_sentence(exc)) from None
+        raise damaged(path, one_line(exc, 'sentence')) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an ada-gan checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("version") != VERSION:
@@ -227,217 +215,12 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
     return ckpt
 
 
-def _fields_problem(ckpt: dict[str, Any], fields: dict[str, type]) -> str | None:
-    for key, kind in fields.items():
-        if key not in ckpt:
-            return f"it has no {key!r}"
-        if not isinstance(ckpt[key], kind):
-            return f"its {key!r} is a {type(ckpt[key]).__name__}, not a {kind.__name__}"
-    return None
-
-
-def _networks_problem(ckpt: dict[str, Any], networks: tuple[tuple[type, str, tuple[str, ...]], ...]) -> str | None:
-    """Each (class, arguments key, state keys): the arguments planned on the meta device, the states
-    against the planned shapes."""
-    for cls, kwargs_key, states in networks:
-        try:
-            shapes = planned_state(cls, ckpt[kwargs_key])
-        except ValueError as exc:
-            return f"its {kwargs_key} do not describe a network: {exc}"
-        for key in states:
-            problem = state_problem(ckpt[key], shapes)
-            if problem:
-                return f"{key}: {problem}"
-    return None
-
-
-def checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
-    """What makes a loaded checkpoint unusable for a resume, or None: checked before anything is built."""
-    return (
-        _fields_problem(ckpt, _FIELDS)
-        or _networks_problem(ckpt, ((Generator, "G_kwargs", ("G", "G_ema")), (Discriminator, "D_kwargs", ("D",))))
-        or _training_state_problem(ckpt)
-    )
-
-
-def generator_problem(ckpt: dict[str, Any]) -> str | None:
-    """What makes a loaded checkpoint unusable for inference, or None: G_kwargs and G_ema alone (their
-    types, the planned shapes, finite values). D is not planned, and the training state not read."""
-    return (
-        _fields_problem(ckpt, {"G_kwargs": dict, "G_ema": dict})
-        or _networks_problem(ckpt, ((Generator, "G_kwargs", ("G_ema",)),))
-    )
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_finite_tensor(value: Any, numel: int | None = None) -> bool:
-    return (
-        isinstance(value, torch.Tensor) and (numel is None or value.numel() == numel)
-        and (not value.is_floating_point() or bool(torch.isfinite(value).all()))
-    )
-
-
-def _is_rng_state(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.shape == torch.get_rng_state().shape
-
-
-def _controller_problem(controller: Any, what: str, p_name: str) -> str | None:
-    if not isinstance(controller, dict) or not all(
-        _is_finite_number(controller.get(k)) for k in ("p", "sign_sum", "sign_count")
-    ):
-        return f"its {what} state is not numbers"
-    if not 0 <= controller["p"] <= 1:
-        return f"its {p_name}={controller['p']} is outside [0, 1]"
-    return None
-
-
-def _training_state_problem(ckpt: dict[str, Any]) -> str | None:
-    """The parts a resume restores besides the networks (Adam's moments: `check_optimizer_state`)."""
-    progress = ckpt["progress"]
-    if not {"cur_nimg", "cur_tick", "batch_idx"} <= progress.keys() or not all(map(_is_count, progress.values())):
-        return "its progress counters are missing or not counts"
-    problem = _controller_problem(ckpt["controller"], "ADA controller", "augmentation probability p")
-    # APA's controller and LeCam's anchors: None (or absent, in older checkpoints) when the run had them off.
-    if problem is None and ckpt.get("apa_controller") is not None:
-        problem = _controller_problem(ckpt["apa_controller"], "APA controller", "APA probability p_apa")
-    if problem:
-        return problem
-    lecam = ckpt.get("lecam")
-    if lecam is not None and (
-        not isinstance(lecam, dict) or not _is_finite_tensor(lecam.get("ema"), numel=2)
-        or not _is_count(lecam.get("steps"))
-    ):
-        return "its LeCam anchors are not two finite numbers with a count of updates"
-    if not _is_finite_tensor(ckpt["pl_mean"], numel=1):
-        return "its path-length mean is not one finite number"
-    rng = ckpt["rng"]
-    cuda = rng.get("cuda")
-    if (
-        not _is_rng_state(rng.get("shared")) or not isinstance(rng.get("torch"), list) or not rng["torch"]
-        or not all(map(_is_rng_state, rng["torch"]))
-        or not (cuda is None or (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) for t in cuda)))
-    ):
-        return "its random number generator states are missing or malformed"
-    if not isinstance(ckpt["dataset"].get("fingerprint", ""), str):
-        return "its dataset fingerprint is not text"
-    if not _is_count(ckpt["config"].get("freezed", 0)):
-        return "its configuration's freezed is not a count"
-    scalers = ckpt.get("loss_scalers", {})
-    if not isinstance(scalers, dict) or not all(
-        isinstance(s, dict) and all(map(_is_finite_number, s.values())) for s in scalers.values()
-    ):
-        return "its loss scaler states are not numbers"
-    if not isinstance(ckpt.get("transfer", False), bool):
-        return "its transfer flag is not true or false"
-    return None
-
-
-def state_problem(state: dict[str, Any], shapes: dict[str, torch.Size]) -> str | None:
-    """Whether a saved state_dict holds exactly the finite float tensors of the planned network."""
-    missing = sorted(set(shapes) - set(state))
-    unexpected = sorted(set(state) - set(shapes), key=str)
-    if missing or unexpected:
-        return f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-    for name, shape in shapes.items():
-        tensor = state[name]
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            return f"{name} is not a float tensor"
-        if tensor.shape != shape:
-            return f"{name} has shape {tuple(tensor.shape)}, its arguments give {tuple(shape)}"
-        if not bool(torch.isfinite(tensor).all()):
-            return f"{name} holds non-finite values"
-    return None
-
-
-def planned_state(cls: type[torch.nn.Module], kwargs: dict[str, Any]) -> dict[str, torch.Size]:
-    """The state_dict shapes of `cls(**kwargs)`, found without allocating anything.
-
-    The network is built on PyTorch's meta device (shapes, no memory) and run once there, so
-    arguments that are damaged, absurd (a 70 TB layer) or unsupported (an unknown activation,
-    which only a forward pass reaches) raise ValueError here rather than during a real build.
-    """
-    for name, value in _int_arguments(kwargs):
-        if value < 0:
-            raise ValueError(f"{name}={value} is a negative dimension")
-        if name == "num_layers" and value > MAX_MAPPING_LAYERS:
-            raise ValueError(f"a mapping network of {value} layers, more than {MAX_MAPPING_LAYERS}")
-    try:
-        with torch.device("meta"):
-            net = cls(**kwargs)
-    except Exception as exc:  # any argument may be damaged: TypeError, ValueError, RuntimeError, ...
-        raise ValueError(f"{type(exc).__name__}: {_first_sentence(exc)}") from None
-    values = sum(t.numel() for t in itertools.chain(net.parameters(), net.buffers()))
-    if values > MAX_NETWORK_VALUES:
-        raise ValueError(f"{values:,} values, more than the {MAX_NETWORK_VALUES:,} any real network has")
-    try:
-        with torch.device("meta"), torch.no_grad():
-            _forward_once(net)
-    except Exception as exc:
-        raise ValueError(f"it cannot run ({type(exc).__name__}: {_first_sentence(exc)})") from None
-    return {name: tensor.shape for name, tensor in net.state_dict().items()}
-
-
-def _int_arguments(kwargs: dict[str, Any]) -> list[tuple[str, int]]:
-    """(name, value) of every integer argument, in nested argument dicts too."""
-    found = []
-    for name, value in kwargs.items():
-        if isinstance(value, dict):
-            found += _int_arguments(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            found.append((str(name), value))
-    return found
-
-
-def _forward_once(net: torch.nn.Module) -> None:
-    """One image through a network on the meta device."""
-    c = torch.zeros([1, net.c_dim]) if net.c_dim > 0 else None
-    if isinstance(net, Generator):
-        net(torch.zeros([1, net.z_dim]), c, noise_mode="const")
-    else:
-        net(torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution]), c)
-
-
 def check_optimizer_state(path: Path, saved: dict[str, Any], opt: torch.optim.Optimizer, what: str) -> None:
     """Refuse Adam state that does not fit `opt`'s parameters: loaded as it is, it would fail (or
     train on wrong moments) steps later, far from the file that caused it."""
-    problem = _optimizer_problem(saved, [group["params"] for group in opt.param_groups])
+    problem = optimizer_problem(saved, [group["params"] for group in opt.param_groups])
     if problem:
         raise damaged(path, f"{what}: {problem}")
-
-
-def _optimizer_problem(saved: dict[str, Any], groups: list[list[torch.Tensor]]) -> str | None:
-    saved_groups, state = saved.get("param_groups"), saved.get("state")
-    if not isinstance(saved_groups, list) or not isinstance(state, dict) or len(saved_groups) != len(groups):
-        return "not the state of this optimiser"
-    by_id: dict[Any, torch.Tensor] = {}
-    for saved_group, params in zip(saved_groups, groups, strict=True):
-        if not isinstance(saved_group, dict) or not isinstance(saved_group.get("params"), list):
-            return "not the state of this optimiser"
-        if not all(_is_count(i) for i in saved_group["params"]) or len(saved_group["params"]) != len(params):
-            return f"{len(saved_group['params'])} parameter ids where the network has {len(params)} parameters"
-        betas = saved_group.get("betas")
-        hyper = [saved_group.get(k) for k in ("lr", "eps", "weight_decay")]
-        if not isinstance(betas, list | tuple) or not all(map(_is_finite_number, [*hyper, *betas])):
-            return "its learning rate, betas or eps are not finite numbers"
-        by_id.update(zip(saved_group["params"], params, strict=True))
-    for key, entry in state.items():
-        param = by_id.get(key)
-        if param is None or not isinstance(entry, dict):
-            return f"moments for an unknown parameter {key!r}"
-        for name in ("exp_avg", "exp_avg_sq"):
-            moment = entry.get(name)
-            if not _is_finite_tensor(moment) or moment.shape != param.shape:
-                return f"its {name} of parameter {key} is not a finite tensor of the parameter's shape"
-        if not _is_finite_tensor(entry.get("step"), numel=1):
-            return f"its step count of parameter {key} is not one number"
-    return None
 
 
 def build_generator(kwargs: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> Generator:
@@ -471,6 +254,15 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
                 f"{_ARCHITECTURE_HINT}"
             )
     module.load_state_dict(state)
+
+
+def load_unconditional_generator(spec: str, device: torch.device | str, needs: str) -> Generator:
+    """G_ema for a tool that draws no labels: a conditional network is refused, saying that `needs`
+    ("videos work") only with unconditional ones."""
+    G = load_generator(spec, device)
+    if G.c_dim > 0:
+        raise UserError(f"{spec}: the network is conditional; {needs} with unconditional networks")
+    return G
 
 
 def load_generator(spec: str, device: torch.device | str = "cpu") -> Generator:

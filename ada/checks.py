@@ -1,6 +1,6 @@
-"""Checks of single values a user gives: finite numbers and seeds.
+"""Checks of single values a user gives: finite numbers, seeds and image sizes.
 
-`ada train` applies them to its declared options (`ada.config.validate`), the tools around a
+`ada train` applies them to its declared options (`ada.config_checks.validate`), the tools around a
 trained model to their own flags, so every command refuses the same values in the same words:
 one `UserError` line naming the flag and the value.
 """
@@ -14,6 +14,11 @@ from ada.errors import UserError
 # numpy's RandomState, which turns a seed into z as the official tools do, takes 0..2**32 - 1;
 # torch's manual_seed takes more, and gets the same seeds.
 MAX_SEED = 2**32 - 1
+
+
+def is_supported_resolution(side: int) -> bool:
+    """Whether the networks build for images of this side length: a power of two in 4..1024."""
+    return 4 <= side <= 1024 and side & (side - 1) == 0
 
 
 def is_finite(value: int | float) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ada import config, options
+from ada import config, config_checks, options
 from ada.augment_preview import augment_command
 from ada.compare import compare
 from ada.errors import UserError
@@ -51,7 +51,7 @@ def train_command(ctx: click.Context, dry_run: bool, set_values: tuple[str, ...]
     if help_config:
         click.echo(options.help_config(config.load_preset(launch.preset_for_machine(preset or "auto", quiet=True))))
         return
-    config.check_flag_combinations(given)
+    config_checks.check_flag_combinations(given)
     # How the user started it, for the commands the run's summary prints: `ada train` or `python path/train.py`.
     script = sys.argv[0] if sys.argv[0].endswith(".py") else ctx.command_path
     command = ctx.command_path if ctx.parent is not None else f"python {script}"

@@ -20,11 +20,9 @@ Pure functions for tests and other tools: ``load_run``, ``run_identity``, ``summ
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -34,8 +32,9 @@ import click
 
 from ada.config import preset_label
 from ada.errors import UserError
-from ada.files import atomic_write
-from ada.tracking import as_number, best_evaluation, dataset_name, is_transfer, metric_direction
+from ada.files import atomic_write, read_jsonl
+from ada.rundir import stored_options
+from ada.tracking import as_number, best_evaluation, dataset_name, metric_direction, starts_from_checkpoint
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,10 +56,6 @@ _OFFICIAL_STATS = {
     "Progress/tick": "tick", "Progress/kimg": "kimg", "Progress/augment": "p", "Loss/signs/real": "r_t",
     "Timing/sec_per_kimg": "sec_per_kimg", "Loss/G/loss": "loss_G", "Loss/D/loss": "loss_D",
 }
-
-
-class RunLogWarning(UserWarning):
-    """A run's log files are readable but not perfectly (e.g. a truncated last line)."""
 
 
 @dataclass
@@ -106,39 +101,6 @@ class RunLog:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file, one per non-empty line.
-
-    An unreadable last line is what a killed writer leaves: it is skipped with a warning.
-    An unreadable line elsewhere means the file is damaged: UserError naming the line.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    records: list[dict[str, Any]] = []
-    for index, (number, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if index == len(lines) - 1:
-                warnings.warn(
-                    f"{path}, line {number}: incomplete last line skipped (the run was probably killed "
-                    "while writing it)",
-                    RunLogWarning,
-                    stacklevel=2,
-                )
-                break
-            raise UserError(
-                f"{path}, line {number}: not valid JSON; the file is damaged, remove or repair that line"
-            ) from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}, line {number}: expected a JSON object, found {type(record).__name__}")
-        records.append(record)
-    return records
-
-
 def load_run(run_dir: Path | str) -> RunLog:
     """Read one run directory. UserError when it is not one or holds no tick yet.
 
@@ -153,7 +115,7 @@ def load_run(run_dir: Path | str) -> RunLog:
     stats_path = path / "stats.jsonl"
     if not stats_path.is_file():
         raise UserError(f"{path} is not a run directory (it has no stats.jsonl); {hint}")
-    stats = [_as_our_tick(record) for record in read_jsonl(stats_path)]
+    stats = [_as_our_tick(record) for record in read_jsonl(stats_path, strict=True)]
     if not stats:
         raise UserError(f"{stats_path} holds no ticks yet; wait for the run's first tick or leave it out")
     for position, record in enumerate(stats, start=1):
@@ -162,16 +124,7 @@ def load_run(run_dir: Path | str) -> RunLog:
                 f"{stats_path}: record {position} has no numeric 'kimg'; the file is not a training stats log"
             )
 
-    options: dict[str, Any] = {}
-    options_path = path / "training_options.json"
-    if options_path.is_file():
-        try:
-            loaded = json.loads(options_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {options_path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{options_path} is not a JSON object")
-        options = loaded
+    options = stored_options(path) or {}
 
     metrics = {
         metric_path.stem.removeprefix("metric-"): read_metric_log(metric_path)
@@ -182,7 +135,7 @@ def load_run(run_dir: Path | str) -> RunLog:
 
 def read_metric_log(path: Path) -> list[dict[str, Any]]:
     """The evaluations of a metric-NAME.jsonl; each one's "results" must map result keys to values."""
-    records = read_jsonl(path)
+    records = read_jsonl(path, strict=True)
     for position, record in enumerate(records, start=1):
         if not isinstance(record.get("results", {}), dict):
             raise UserError(
@@ -315,7 +268,7 @@ def summarize_run(run: RunLog | Path | str, metric: str | None = None) -> dict[s
         "cfg": identity["cfg"],
         "aug": identity["aug"],
         "target": identity["target"],
-        "resume": PurePath(str(resume)).name if is_transfer(resume) else None,
+        "resume": PurePath(str(resume)).name if starts_from_checkpoint(resume) else None,
         "metric": key,
         "best": best[1] if best else None,
         "best_kimg": best[0] if best else None,

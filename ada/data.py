@@ -1,4 +1,4 @@
-"""Training data: image folders and dataset zips, labels, the validation split, the sampler.
+"""Training data: image folders and dataset zips, labels, checked and decoded (`ada.loader` feeds them to the loop).
 
 A dataset is
 - a folder of images, searched recursively (png, jpg, jpeg, webp, bmp),
@@ -17,14 +17,13 @@ datasets decode per batch in `--workers` loader processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
-import signal
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ada.checks import is_finite
+from ada.checks import is_finite, is_supported_resolution
 from ada.errors import UserError
-from ada.files import read_regular_file
+from ada.files import check_regular_file, read_regular_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Images larger than this are refused before decoding: a decompression bomb, or not training data.
@@ -121,8 +120,7 @@ def list_folder_images(root: Path) -> list[str]:
             target = resolve_listed_file(path)
             if not target.is_relative_to(root_real):
                 continue
-            if not target.is_file():
-                raise UserError(f"{printable_path(path)} is not a regular file (a pipe, socket or device); remove it")
+            check_regular_file(target, printable_path(path))
             names.append(path.relative_to(root).as_posix())
     return sorted(names)
 
@@ -208,6 +206,7 @@ def decode(data: bytes, name: str, rgb: bool) -> np.ndarray:
 
 
 def has_colour(img: Image.Image) -> bool:
+    """Whether PIL's mode holds colour; the greyscale modes, 16-bit and float ones too, do not."""
     return img.mode not in ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -313,8 +312,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def channels(self) -> int:
         return 3 if self.rgb else 1
 
-    @property
+    @functools.cached_property
     def info(self) -> DatasetInfo:
+        """Computed once: hashing every held pixel takes long on a large set, and runs read it at each snapshot.
+        The fields it depends on are fixed when the dataset is made (`subset` makes another)."""
         digest = hashlib.sha256("\n".join(self.names).encode())
         digest.update(f"{self.resolution}/{self.channels}/{self.c_dim}".encode())
         if self.labels is not None:
@@ -377,13 +378,19 @@ class ImageDataset(torch.utils.data.Dataset):
             labels = self.labels[base]
         return torch.from_numpy(labels)
 
-    def subset(self, indices: list[int], name: str | None = None) -> ImageDataset:
-        """A dataset of some of these images (indices into the un-mirrored list)."""
+    def subset(self, indices: list[int], name: str | None = None, mirror: bool | None = None) -> ImageDataset:
+        """A dataset of some of these images (indices into the un-mirrored list), x-flipped as this one
+        unless `mirror` says otherwise."""
         return ImageDataset(
             self.source, [self.names[i] for i in indices], self.rgb, self.resolution,
-            None if self.labels is None else self.labels[indices], self.c_dim, self.mirror,
-            name or self.name, None if self.images is None else self.images[indices],
+            None if self.labels is None else self.labels[indices], self.c_dim,
+            self.mirror if mirror is None else mirror, name or self.name,
+            None if self.images is None else self.images[indices],
         )
+
+    def unmirrored(self) -> ImageDataset:
+        """Every image once, without the x-flips (as metrics and r_v read the reals)."""
+        return self.subset(list(range(len(self.names))), mirror=False) if self.mirror else self
 
 
 def scan_images(source: ImageSource, display: str) -> tuple[bool, int]:
@@ -407,7 +414,7 @@ def scan_images(source: ImageSource, display: str) -> tuple[bool, int]:
                 "all images must share one size (convert with `ada dataset --resolution R`)"
             )
         rgb = rgb or has_colour(img)
-    if size & (size - 1) or not 4 <= size <= 1024:
+    if not is_supported_resolution(size):
         raise UserError(
             f"{display}: images are {size}x{size}; the side must be a power of two in 4..1024 "
             "(convert with `ada dataset --resolution R`)"
@@ -449,96 +456,3 @@ def open_dataset(
             decode(source.read(n), n, rgb)
     name = path.stem if source.is_zip else path.resolve().name
     return ImageDataset(source, source.names, rgb, resolution, labels, c_dim, mirror, name, images)
-
-
-def no_validation_reason(num_images: int, fraction: float) -> str:
-    """Why a run has no withheld images, in words that say what to change."""
-    if fraction == 0:
-        return "no validation split (--val=0)"
-    return (
-        f"no validation split: --val={fraction:g} of {num_images} images rounds to 0 images; "
-        "give a larger --val to measure r_v"
-    )
-
-
-def split_validation(
-    dataset: ImageDataset, val_fraction: float, seed: int = 0
-) -> tuple[ImageDataset, ImageDataset | None]:
-    """Withhold a fixed share of the real images (the same ones for every run on this data)."""
-    n = len(dataset.names)
-    num_val = int(round(n * val_fraction))
-    if num_val == 0:
-        return dataset, None
-    if num_val >= n:
-        raise UserError(f"--val={val_fraction} would withhold all {n} images; use a smaller fraction")
-    order = np.random.RandomState(seed).permutation(n)
-    train = dataset.subset(sorted(order[num_val:].tolist()))
-    val = dataset.subset(sorted(order[:num_val].tolist()), name=f"{dataset.name}-val")
-    val.mirror = False
-    return train, val
-
-
-def take_subset(dataset: ImageDataset, size: int | None, seed: int = 0) -> ImageDataset:
-    """At most `size` images, chosen with a fixed seed."""
-    if size is None or size >= len(dataset.names):
-        return dataset
-    order = np.random.RandomState(seed).permutation(len(dataset.names))
-    return dataset.subset(sorted(order[:size].tolist()))
-
-
-class InfiniteBatchSampler(torch.utils.data.Sampler):
-    """Endless shuffled batches of indices for one rank.
-
-    The global stream is a sequence of seeded permutations; global batch k holds stream items
-    [k*B, (k+1)*B), and rank r takes its r-th contiguous share. Concatenating the ranks'
-    batches in rank order gives exactly the single-process batch.
-    """
-
-    def __init__(self, size: int, batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, start_batch: int = 0):
-        if batch % world_size != 0:
-            raise ValueError(f"batch {batch} is not divisible by world size {world_size}")
-        self.size = size
-        self.batch = batch
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.start_batch = start_batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_rank = self.batch // self.world_size
-        pos = self.start_batch * self.batch + self.rank * per_rank
-        epoch = -1
-        perm: list[int] = []
-        while True:
-            out = []
-            for i in range(pos, pos + per_rank):
-                e, k = divmod(i, self.size)
-                if e != epoch:
-                    epoch = e
-                    perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + e)).tolist()
-                out.append(perm[k])
-            yield out
-            pos += self.batch
-
-
-def ignore_interrupts(worker_id: int) -> None:
-    """In loader workers: Ctrl-C reaches the whole process group, but only the trainer should act on it
-    (finish the step, write a final snapshot); a worker killed by it would end the run without one.
-    SIGTERM keeps its default: it is how the workers are stopped when the trainer exits."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def infinite_loader(
-    dataset: ImageDataset, batch: int, rank: int, world_size: int, seed: int, workers: int, start_batch: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, float labels) batches for this rank, forever."""
-    sampler = InfiniteBatchSampler(len(dataset), batch, rank, world_size, seed, start_batch)
-    if dataset.images is not None:
-        for idx in sampler:
-            yield dataset.batch(idx)
-    else:
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-            worker_init_fn=ignore_interrupts,
-        )
-        yield from loader

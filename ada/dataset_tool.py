@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ada.data import ImageSource, convert_image, load_labels, open_image
+from ada.checks import is_supported_resolution
+from ada.data import ImageSource, convert_image, has_colour, load_labels, open_image
 from ada.errors import UserError
 from ada.files import atomic_write
 from ada.progress import progress
@@ -46,7 +47,7 @@ def check_destination(source: Path, dest: Path, overwrite: bool) -> None:
 
 
 def convert(source: str, dest: str, resolution: int, channels: int | None = None, overwrite: bool = False) -> Path:
-    if resolution < 4 or resolution > 1024 or resolution & (resolution - 1):
+    if not is_supported_resolution(resolution):
         raise UserError(f"--resolution={resolution} must be a power of two in 4..1024")
     src_path = Path(source).expanduser()
     if not src_path.exists():
@@ -58,7 +59,7 @@ def convert(source: str, dest: str, resolution: int, channels: int | None = None
         raise UserError(f"--source={source}: no images found")
     images = [open_image(src.read(n), n) for n in src.names]
     if channels is None:
-        channels = 3 if any(img.mode not in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 1
+        channels = 3 if any(has_colour(img) for img in images) else 1
     labels = load_labels(src, src.names)
     out_names = [f"{i // 1000:05d}/img{i:08d}.png" for i in range(len(src.names))]
 

@@ -43,6 +43,11 @@ SHUTDOWN_GRACE_S = 5.0
 STOPPED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
+def default_device() -> torch.device:
+    """The GPU where there is one, else the CPU: where a single process runs."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 @dataclass
 class DistContext:
     rank: int = 0
@@ -193,7 +198,7 @@ def launch_local(nproc: int, fn: Callable[..., Any], args: tuple = ()) -> Any:
     passed on to every rank as SIGTERM, and the ranks are waited for: they stop after the same
     step, rank 0 writes the final snapshot, and this process exits with 128 + the signal it got.
     (SIGTERM, because a terminal's Ctrl-C reaches the ranks too, and a second SIGINT would make
-    them quit at once; see `ada.training.StopRequested`.)
+    them quit at once; see `StopRequested`.)
     """
     port = free_port()
     results = mp.get_context("spawn").SimpleQueue()
@@ -251,3 +256,38 @@ def _local_rank_main(
         sys.exit(1)
     if local_rank == 0:
         results.put(out)
+
+
+class StopRequested:
+    """SIGTERM / Ctrl-C ask the loop to stop after the current step and write a final snapshot.
+
+    Ctrl-C pressed again quits at once. A repeated SIGTERM does not: one request can reach a process
+    more than once (a scheduler may signal every process of a job, and the `--gpus N` launcher passes
+    the signal it gets on to its ranks, which a terminal's Ctrl-C reaches as well).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+        self._interrupted = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+        if not self.requested:
+            self.requested = True
+            self.signum = signum

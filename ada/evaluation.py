@@ -19,6 +19,7 @@ import torch
 
 import metrics
 from ada.data import ImageDataset, open_dataset
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.files import append_jsonl
 
@@ -31,9 +32,7 @@ class MetricReals:
     """
 
     def __init__(self, dataset: ImageDataset, source: str):
-        if dataset.mirror:
-            dataset = dataset.subset(list(range(len(dataset.names))))
-            dataset.mirror = False
+        dataset = dataset.unmirrored()
         self.dataset = dataset
         digest = hashlib.sha256(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:8]
         self.name = f"{dataset.name}-{digest}-{dataset.resolution}px-{len(dataset.names)}"
@@ -140,7 +139,7 @@ def metrics_command(network: str, data: str, names: str, mirror: bool, features:
     """Compute metrics for a trained network against a dataset."""
     from ada.checkpoint import load_generator, resolve_checkpoint_path
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     dataset = open_dataset(data, cond=G.c_dim > 0)
 

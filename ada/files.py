@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,17 +144,47 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of a file; a torn last line (from a crash) is dropped."""
-    records = []
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
+class TornLineWarning(UserWarning):
+    """A JSON-lines file ends in part of a line: its writer was killed while appending it."""
+
+
+def read_jsonl(path: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, one a line; blank lines are skipped.
+
+    A last line that is not valid JSON is what a writer killed mid-append leaves: it is dropped
+    (with `strict`, with a TornLineWarning naming it). Any other line that is not a JSON object
+    is damage: with `strict`, for files a person asked to read, a UserError naming the line;
+    without, reading stops before it (a run's own logs, which resuming cuts back to good lines).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        if not strict:
+            raise
+        raise UserError(f"cannot read {path}: {exc}") from None
+    lines = [(number, line) for number, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            if index == len(lines) - 1:
+                if strict:
+                    warnings.warn(
+                        f"{path}, line {number}: incomplete last line skipped (the run was probably killed "
+                        "while writing it)", TornLineWarning, stacklevel=2,
+                    )
                 break
-            try:
-                records.append(json.loads(raw))
-            except ValueError:
+            if not strict:
                 break
+            raise UserError(
+                f"{path}, line {number}: not valid JSON; the file is damaged, remove or repair that line"
+            ) from None
+        if not isinstance(record, dict):
+            if not strict:
+                break
+            raise UserError(f"{path}, line {number}: expected a JSON object, found {type(record).__name__}")
+        records.append(record)
     return records
 
 
@@ -195,6 +226,16 @@ def trim_jsonl(path: Path, keep: int) -> tuple[int, int]:
     return len(kept), len(damaged)
 
 
+def not_regular_file(shown: object) -> UserError:
+    return UserError(f"{shown} is not a regular file (a pipe, socket or device); remove it")
+
+
+def check_regular_file(path: Path, shown: object = None) -> None:
+    """Refuse a FIFO, socket or device (a FIFO would block its reader forever); `shown` names it."""
+    if not path.is_file():
+        raise not_regular_file(path if shown is None else shown)
+
+
 def read_regular_file(path: Path) -> bytes:
     """The bytes of a regular file. A FIFO, socket or device is refused without blocking on it."""
     try:
@@ -204,7 +245,7 @@ def read_regular_file(path: Path) -> bytes:
         raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"{path} is not a regular file (a pipe, socket or device); remove it")
+            raise not_regular_file(path)
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     except OSError as exc:

@@ -11,9 +11,10 @@ import torch
 
 from ada.checkpoint import load_generator
 from ada.checks import MAX_SEED, check_finite
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.files import read_regular_file
-from ada.images import save_png, tile, to_uint8
+from ada.images import output_dir, save_png, tile, to_uint8
 
 # Seeds per call: every image is also kept for the grid (3 MB each at 1024 px).
 MAX_SEEDS = 1000
@@ -71,14 +72,10 @@ def generate(
 ) -> list[Path]:
     seed_list = parse_seeds(seeds)
     check_truncation(truncation_psi)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     c = class_vector(G, class_idx)
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--outdir={outdir}: cannot create it ({exc.strerror})") from None
+    out = output_dir(outdir)
     images = []
     paths = []
     for seed in seed_list:
@@ -122,14 +119,10 @@ def load_projected_w(path: str | Path, num_ws: int, w_dim: int) -> torch.Tensor:
 @torch.no_grad()
 def render_projected_w(network: str, projected_w: str, noise_mode: str, outdir: str) -> list[Path]:
     """`ada generate --projected-w`: one PNG per w of an `ada project` result, proj00.png, proj01.png, ..."""
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()
     G = load_generator(network, device)
     ws = load_projected_w(projected_w, G.num_ws, G.w_dim).to(device)
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--outdir={outdir}: cannot create it ({exc.strerror})") from None
+    out = output_dir(outdir)
     paths = []
     for idx, w in enumerate(ws):
         path = out / f"proj{idx:02d}.png"

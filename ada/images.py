@@ -60,6 +60,16 @@ def side_by_side(left: np.ndarray, right: np.ndarray, resolution: int, gap: int 
     return both.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def output_dir(outdir: str | Path, option: str = "--outdir") -> Path:
+    """The folder a tool writes into, made before any work."""
+    out = Path(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option}={outdir}: cannot create it ({exc.strerror})") from None
+    return out
+
+
 def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out") -> Path:
     """The file a tool writes, checked before any work: a known suffix, and its folder made."""
     path = Path(out)
@@ -70,3 +80,14 @@ def output_file(out: str | Path, suffixes: tuple[str, ...], option: str = "--out
     except OSError as exc:
         raise UserError(f"{option}={out}: cannot create its folder ({exc.strerror})") from None
     return path
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-to-GPU copy that does not make the host wait for the GPU to finish its queue."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def to_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return to_device(images, device).to(torch.float32) / 127.5 - 1

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ada import config as config_mod
-from ada import distributed, rundir
+from ada import config_checks, distributed, rundir
 from ada.config import TrainConfig
-from ada.data import open_dataset, split_validation, take_subset
+from ada.data import open_dataset
 from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.files import run_dir_lock
+from ada.loader import split_validation, take_subset
 
 
 def preset_for_machine(preset: str, quiet: bool = False) -> str:
@@ -44,18 +45,18 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], quiet: bool = 
     run_dir = rundir.continued_run(overrides)
     if run_dir is not None:
         cfg = rundir.continue_config(run_dir, preset, overrides)
-        config_mod.validate(cfg)
+        config_checks.validate(cfg)
         dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
-        config_mod.check_against_data(cfg, dataset.resolution)
+        config_checks.check_against_data(cfg, dataset.resolution)
     else:
         # The flags are checked before the data is opened; the auto rules need its resolution.
         cfg = config_mod.resolve(preset, overrides, resolution=None)
-        config_mod.validate(cfg)
+        config_checks.validate(cfg)
         dataset = open_dataset(cfg.data, cond=cfg.cond, mirror=cfg.mirror)
-        config_mod.check_against_data(cfg, dataset.resolution)
+        config_checks.check_against_data(cfg, dataset.resolution)
         if cfg.auto_rules:
             cfg = config_mod.resolve(preset, overrides, dataset.resolution)
-            config_mod.validate(cfg)
+            config_checks.validate(cfg)
     cfg.data = rundir.canonical_data(cfg.data)
     # Resolved, so that the printed and recorded options are the ones the run uses.
     cfg.batch_gpu = cfg.batch_gpu or cfg.batch // cfg.gpus
@@ -70,16 +71,10 @@ def split_dataset(cfg: TrainConfig, dataset: Any) -> tuple[Any, Any]:
 def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
     """A continued run (`--resume RUN_DIR`) stays in its directory; any other gets a new numbered one,
     so a run that another starts from is never written to."""
-    from ada.training import make_run_dir, run_description
-
     continued = rundir.continued_run({"resume": cfg.resume})
     if continued is not None:
         return continued
-    return make_run_dir(Path(cfg.outdir), run_description(cfg, dataset_name))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return rundir.make_run_dir(Path(cfg.outdir), rundir.run_description(cfg, dataset_name))
 
 
 def _count(n: int, noun: str) -> str:
@@ -112,7 +107,8 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     here; or torchrun (one machine or several), whose variables make this process one rank of
     the job. `--batch` is the global batch in all three; each rank takes batch / world_size.
     """
-    from ada.training import Trainer, environment_setup
+    from ada.build import environment_setup
+    from ada.training import Trainer
 
     job = distributed.rank_env()
     rank0 = job is None or job.rank == 0
@@ -121,8 +117,7 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     cfg, dataset = resolve_config(preset, overrides, quiet=not rank0)
     train_set, val_set = split_dataset(cfg, dataset)
     # Metrics compare against every real image, without the x-flips, as the official *_full metrics do.
-    eval_set = dataset.subset(list(range(len(dataset.names))))
-    eval_set.mirror = False
+    eval_set = dataset.unmirrored()
     if dry_run:
         if rank0:
             # Everything a start checks, the --resume checkpoint and the networks included, on the CPU.
@@ -143,7 +138,7 @@ def train(preset: str | None, overrides: dict[str, Any], dry_run: bool = False,
     if rank0:
         print(describe(cfg, dataset, train_set, val_set))
     environment_setup(cfg)
-    dist = distributed.init_process_group(job) if job is not None else DistContext(device=default_device())
+    dist = distributed.init_process_group(job) if job is not None else DistContext(device=distributed.default_device())
     # One process at a time in a run directory: a second resume of it would interleave its log and
     # snapshots. A continued run's directory is locked before its snapshot is read, a new one as made.
     with ExitStack() as held:
@@ -190,12 +185,10 @@ def _millions(module: torch.nn.Module) -> str:
 
 def planned_run_dir(cfg: TrainConfig, dataset_name: str) -> str:
     """Where a start would write: the continued run's directory, or a new numbered one in --outdir."""
-    from ada.training import run_description
-
     continued = rundir.continued_run({"resume": cfg.resume})
     if continued is not None:
         return str(continued)
-    return str(Path(cfg.outdir) / f"NNNNN-{run_description(cfg, dataset_name)}")
+    return str(Path(cfg.outdir) / f"NNNNN-{rundir.run_description(cfg, dataset_name)}")
 
 
 def with_world_size(overrides: dict[str, Any], world_size: int) -> dict[str, Any]:

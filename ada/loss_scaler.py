@@ -66,8 +66,9 @@ class LossScaler:
         self.max_streak = torch.zeros([], device=device)
         self.skipped = torch.zeros([], device=device)
 
-    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale if self.enabled else loss
+    def scaled(self, value: torch.Tensor | float) -> torch.Tensor | float:
+        """`value` times the current scale: a loss before backward, or the gain the loss is multiplied by."""
+        return value * self.scale if self.enabled else value
 
     def step(self, opt: torch.optim.Optimizer, grads: list[torch.Tensor]) -> None:
         """Adam step that divides out the scale and is skipped when `grads` are not all finite."""

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ada.checkpoint import planned_state
-from ada.errors import UserError
-from ada.networks import Discriminator, Generator
+from ada.checkpoint_checks import planned_state
+from ada.discriminator import Discriminator
+from ada.errors import UserError, one_line
+from ada.networks import Generator
 
 PERSISTENCE_VERSION = 6
 
@@ -110,7 +111,7 @@ def _load_storage_from_bytes(data):
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RefusedPickle(f"a storage record could not be read safely ({_first_line(e)})") from e
+        raise RefusedPickle(f"a storage record could not be read safely ({one_line(e)})") from e
     if not isinstance(storage, torch.storage.TypedStorage):
         raise RefusedPickle(f"a storage record holds a {type(storage).__name__}, not a tensor storage")
     return storage
@@ -244,7 +245,7 @@ def read_official_pickle(path: str | Path) -> Any:
     except RefusedPickle as e:
         raise UserError(f"refused to load {path}: {e}") from e
     except Exception as e:  # untrusted bytes fail in many ways (EOFError, ValueError, KeyError, ...)
-        raise UserError(f"{path} is not a readable network pickle ({type(e).__name__}: {_first_line(e)})") from e
+        raise UserError(f"{path} is not a readable network pickle ({type(e).__name__}: {one_line(e)})") from e
 
 
 # ---- from records to our networks ----
@@ -395,10 +396,6 @@ def match_state(
     return {n: official[n] for n in ours}, dropped
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's message as one line for ours: torch's own run over several."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _short(value: Any, limit: int = 300) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ada import config
+from ada import config, field_types
 from ada.config import Setting
 from ada.errors import UserError
 
@@ -33,7 +33,7 @@ class _FieldText(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return config.parse_text(self.setting, value)
+            return field_types.parse_text(self.setting, value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -41,7 +41,7 @@ class _FieldText(click.ParamType):
 def _click_type(setting: Setting) -> click.ParamType:
     if setting.option.choices is not None:
         return click.Choice(setting.option.choices)
-    kinds = [t for t in config.alternatives(setting.type) if t is not type(None)]
+    kinds = [t for t in field_types.alternatives(setting.type) if t is not type(None)]
     simple = {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}
     return simple.get(kinds[0]) or _FieldText(setting)
 
@@ -86,7 +86,7 @@ def train_options(command: Callable[..., Any]) -> Callable[..., Any]:
     declared = [
         click.option(
             s.option.flag, _param_name(s), type=_click_type(s), default=None, help=help_text(s, values),
-            metavar=s.option.metavar or ("BOOL" if bool in config.alternatives(s.type) else None),
+            metavar=s.option.metavar or ("BOOL" if bool in field_types.alternatives(s.type) else None),
         )
         for s in flag_settings()
     ]
@@ -122,7 +122,7 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
         if key in out:
             raise UserError(f"--set {key} is given twice; give it once")
         try:
-            out[key] = config.parse_text(setting, text)
+            out[key] = field_types.parse_text(setting, text)
         except ValueError as exc:
             raise UserError(f"--set {item}: {exc}") from None
     return out
@@ -150,7 +150,7 @@ def help_config(cfg: config.TrainConfig) -> str:
     for setting in config.settings().values():
         option = setting.option
         how = option.flag or ("--set" if option.settable else "")
-        rows.append((setting.key, config.type_words(setting.type), show_value(config.get(cfg, setting.key)), how,
+        rows.append((setting.key, field_types.type_words(setting.type), show_value(config.get(cfg, setting.key)), how,
                      option.help.format(**values)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [

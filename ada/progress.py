@@ -8,6 +8,9 @@ the items through. Callers on ranks other than 0 pass ``enabled=False``.
 ``format_tick(stats)`` turns one ``stats.jsonl`` record into the single console line the
 training loop prints per tick; ``TickBar`` shows, on a terminal only, how the current tick is
 getting on between those lines (kimg, images/s, time left in the tick and in the run).
+
+``Progress`` counts where a run is (it is checkpointed); ``Tick`` and ``TickStats`` hold the
+tick in progress.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import IO, Any
 
+import torch
 from tqdm import tqdm
+
+from metrics.evaluate import format_duration
 
 
 def progress(
@@ -53,21 +60,6 @@ def progress(
         leave=False,
         bar_format=bar_format,
     )
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short human duration: '42s', '3m 05s', '2h 07m', '3d 04h'."""
-    s = max(0, int(round(seconds)))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours:02d}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {s:02d}s"
-    return f"{s}s"
 
 
 # (stats key, label, format) in print order; a key that is missing or null is left out of the line.
@@ -176,3 +168,57 @@ class TickBar:
             yield
         finally:
             self._bar.refresh()
+
+
+@dataclass
+class Progress:
+    """Where a run is: images and ticks done, minibatches drawn, steps skipped, stats.jsonl lines kept."""
+
+    cur_nimg: int = 0
+    cur_tick: int = 0
+    batch_idx: int = 0
+    tick_start_nimg: int = 0
+    skipped_steps: int = 0
+    stats_lines: int = 0
+
+
+@dataclass
+class TickStats:
+    """Sums of the per-step losses over one tick, kept as tensors so no step waits for the device."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for key, total in self.sums.items():
+            out[key] = float(reduce(total.reshape(1))) / self.counts[key]
+        return out
+
+
+@dataclass
+class Tick:
+    """The tick in progress: its loss sums, when it started, and the image count at which it ends."""
+
+    stats: TickStats
+    start_time: float
+    end_nimg: int
+
+
+def finite_or_none(value: Any) -> Any:
+    """Non-finite floats become null: stats.jsonl stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def cpu_memory_gb() -> float:
+    """The process's peak resident memory so far."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    except ImportError:
+        return float("nan")

@@ -32,16 +32,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ada.checkpoint import load_generator
+from ada.checkpoint import load_unconditional_generator
 from ada.checks import check_seed
 from ada.data import convert_image, open_image
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.files import atomic_write, read_regular_file
-from ada.images import save_png, to_uint8
+from ada.images import output_dir, save_png, to_uint8
 from ada.movie import movie_path, write_movie
 from ada.networks import Generator
+from metrics.feature_nets import Embedding
 
-Embedding = Callable[[torch.Tensor], torch.Tensor]
 # The distance network sees at most this size, as in the official projector.
 MAX_DISTANCE_SIZE = 256
 
@@ -201,10 +202,8 @@ def run_projection(
     if steps < 1:
         raise UserError(f"--steps={steps} must be at least 1")
     check_seed("--seed", seed)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    G = load_generator(network, device)
-    if G.c_dim > 0:
-        raise UserError(f"{network}: the network is conditional; projection works with unconditional networks")
+    device = default_device()
+    G = load_unconditional_generator(network, device, "projection works")
     embed = pixel_embedding
     if lpips_net is not None:
         import metrics
@@ -214,11 +213,7 @@ def run_projection(
         except metrics.FeatureNetUnavailable as exc:
             raise UserError(str(exc)) from None
     target_uint8 = load_target(target, G.img_resolution, G.img_channels)
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--outdir={outdir}: cannot create it ({exc.strerror})") from None
+    out = output_dir(outdir)
     video = movie_path(out / "proj.mp4", "--save-video") if save_video else None
 
     def report(step: int, dist: float) -> None:

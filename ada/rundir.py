@@ -1,4 +1,8 @@
-"""What a run directory records and how a run is continued from it.
+"""A run directory: its name and number, what it records, and how a run is continued from it.
+
+A run writes into outdir/NNNNN-description: training_options.json, stats.jsonl (one line a
+tick), log.txt and log.jsonl, the sample grids (reals.png, fakes*.png, reals_and_fakes.png) and
+its snapshots.
 
 `--resume RUN_DIR` continues that run in place: its options come from the directory's
 `training_options.json` (or, without one, from its newest snapshot), so no other flag is needed.
@@ -14,19 +18,126 @@ that continue from them.
 from __future__ import annotations
 
 import json
+import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ada import config
+import torch
+
+from ada import config, field_types
 from ada.checkpoint import latest_snapshot, load_checkpoint
-from ada.config import TrainConfig
-from ada.errors import UserError
+from ada.config import TrainConfig, preset_label
+from ada.errors import UserError, one_line
+from ada.files import atomic_write_text, remove_stale_temporaries, trim_jsonl
+from ada.images import grid_shape, save_grid, save_png, side_by_side, tile, to_uint8
 from ada.progress import format_duration
 
 OPTIONS_FILE = "training_options.json"
 # Written by versions before the dry run became a command-line action rather than a config field.
 _RETIRED_KEYS = ("dry_run",)
+
+
+def run_description(cfg: TrainConfig, data_name: str) -> str:
+    """The part of the run directory's name after its number: data, preset and what sets the run apart."""
+    parts = [data_name, preset_label(cfg.cfg)]
+    if cfg.cond:
+        parts.append("cond")
+    if cfg.mirror:
+        parts.append("mirror")
+    parts.append(cfg.aug.mode if cfg.aug.mode != "fixed" else f"p{cfg.aug.p:g}")
+    if cfg.aug.mode == "ada":
+        parts.append(f"target{cfg.aug.target:g}")
+    if cfg.aug.mode == "diffaug":
+        parts.append(cfg.aug.diffaug_policy.replace(",", "-"))
+    elif cfg.aug.mode != "noaug":
+        parts.append(cfg.aug.pipe)
+    if cfg.aug.apa:
+        parts.append("apa")
+    if cfg.loss.lecam:
+        parts.append(f"lecam{cfg.loss.lecam:g}")
+    if cfg.resume:
+        parts.append("resume")
+    if cfg.freezed:
+        parts.append(f"freezed{cfg.freezed}")
+    return "-".join(parts)
+
+
+def make_run_dir(outdir: Path, desc: str) -> Path:
+    """outdir/NNNNN-desc with the next free number.
+
+    Processes started together may pick the same number: the one whose mkdir loses takes the next,
+    and the one after, without listing the folder again (a network file system's listing may lag
+    behind its mkdir for a while).
+    """
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"([0-9]+)-", p.name))]
+        number = max(ids, default=-1) + 1
+        while True:
+            run_dir = outdir / f"{number:05d}-{desc}"
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                number += 1
+    except OSError as exc:
+        raise UserError(f"--outdir={outdir}: cannot create a run directory in it ({exc.strerror})") from None
+
+
+def open_run_dir(run_dir: Path, cfg: TrainConfig, stats_lines: int, say: Callable[[str], None]) -> int:
+    """Records the options and tidies what a crash left; returns how many lines stats.jsonl keeps.
+
+    `stats_lines` is how many ticks the snapshot resumed from had logged into this directory.
+    """
+    atomic_write_text(run_dir / OPTIONS_FILE, json.dumps(options_record(cfg, run_dir), indent=2))
+    remove_stale_temporaries(run_dir)
+    stats = run_dir / "stats.jsonl"
+    if not stats.exists():
+        # A run resumed into a new directory starts its file empty.
+        return 0
+    # After a crash the log may hold ticks past the snapshot we resume from: drop them.
+    kept, damaged = trim_jsonl(stats, stats_lines)
+    if damaged:
+        say(f"{damaged} damaged line(s) of {stats} set aside in {stats.name}.corrupt")
+    return kept
+
+
+class SampleGrid:
+    """The fixed reals and latents of the sample grids: reals.png, and at each snapshot G_ema's
+    fakes for the same latents (fakesNNNNNN.png) and both side by side (reals_and_fakes.png)."""
+
+    def __init__(self, train_set: Any, z_dim: int, conditional: bool, seed: int) -> None:
+        gw, gh = grid_shape(train_set.resolution, len(train_set))
+        n = gw * gh
+        idx = (torch.randperm(len(train_set), generator=torch.Generator().manual_seed(123)).tolist() * n)[:n]
+        reals, labels = train_set.batch(idx)
+        self.shape = (gw, gh)
+        self.resolution = train_set.resolution
+        self.reals = reals.numpy()
+        self.z = torch.randn([n, z_dim], generator=torch.Generator().manual_seed(seed))
+        self.c = labels if conditional else None
+        self.reals_tile = tile(self.reals.transpose(0, 2, 3, 1), gw, gh)
+
+    @torch.no_grad()
+    def generate(self, G_ema: torch.nn.Module, device: torch.device, batch: int) -> torch.Tensor:
+        out = []
+        for i in range(0, len(self.z), batch):
+            z = self.z[i : i + batch].to(device)
+            c = None if self.c is None else self.c[i : i + batch].to(device)
+            out.append(G_ema(z, c, noise_mode="const").cpu())
+        return torch.cat(out)
+
+    def save_reals(self, path: Path) -> None:
+        save_grid(self.reals, path, *self.shape)
+
+    def save_fakes(self, fakes: torch.Tensor, path: Path) -> None:
+        """The fakes grid, and beside the reals the one picture that says whether training works."""
+        save_grid(fakes, path, *self.shape)
+        both = side_by_side(self.reals_tile, tile(to_uint8(fakes), *self.shape), self.resolution)
+        save_png(both, path.parent / "reals_and_fakes.png")
 
 
 def continued_run(overrides: dict[str, Any]) -> Path | None:
@@ -54,7 +165,7 @@ def stored_options(run_dir: Path) -> dict[str, Any] | None:
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it ({' '.join(str(exc).split())})") from None
+        raise UserError(f"{path}: cannot read it ({one_line(exc, 'whole')})") from None
     if not isinstance(stored, dict):
         raise UserError(f"{path}: not a JSON object of options")
     return stored
@@ -85,7 +196,7 @@ def _same(setting: config.Setting, given: Any, stored: Any) -> bool:
     if setting.key == "data":
         return canonical_data(str(given)) == stored
     try:
-        return config.coerce(setting, given) == stored
+        return field_types.coerce(setting, given) == stored
     except ValueError:
         return False
 

@@ -15,7 +15,8 @@ import click
 import numpy as np
 import torch
 
-from ada.checkpoint import load_generator
+from ada.checkpoint import load_unconditional_generator
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import output_file, save_png, tile, to_uint8
@@ -71,10 +72,8 @@ def style_mixing(network: str, rows: str, cols: str, styles: str | None, truncat
     row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
     check_truncation(truncation_psi)
     path = output_file(out, (".png",))
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    G = load_generator(network, device)
-    if G.c_dim > 0:
-        raise UserError(f"{network}: the network is conditional; style mixing works with unconditional networks")
+    device = default_device()
+    G = load_unconditional_generator(network, device, "style mixing works")
     if styles is None:  # the official default, on a small network as many of those layers as it has
         styles = f"0-{min(6, G.num_ws - 1)}"
     grid = mixing_grid(G, row_seeds, col_seeds, parse_styles(styles, G.num_ws), truncation_psi, noise_mode)

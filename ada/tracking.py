@@ -17,8 +17,8 @@ or uses the tracker as a context manager, which calls ``finish`` (exit code 1 on
 What lands in wandb:
 
 - config: the resolved config flattened to dotted keys ("loss.r1_gamma"), so runs can be
-  filtered on any option, plus "dataset" (the name of ``config["data"]``), "transfer"
-  (whether training started from a checkpoint) and "run_dir".
+  filtered on any option, plus "dataset" (the name of ``config["data"]``), "resumed"
+  (whether training started from a checkpoint, to continue a run or to fine-tune) and "run_dir".
 - history, all against ``kimg`` (every key uses it as its step metric): ``train/<key>`` for
   every numeric key of a tick record (loss_G, p, r_t, r_v, logit_*, sec_per_kimg, ...),
   ``metrics/<key>`` for every metric result, ``images/<key>`` for the sample grids.
@@ -48,6 +48,8 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any
 
+from ada.errors import one_line
+
 MODES = ("online", "offline", "disabled")
 # Older spellings wandb still accepts for WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
@@ -73,7 +75,7 @@ def warn_tracking(message: str) -> None:
 
 def describe_error(exc: Exception) -> str:
     # wandb's messages span several lines; a warning should stay one line in the training log.
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return f"{type(exc).__name__}: {one_line(exc, 'whole')}"
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -124,7 +126,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     return flat
 
 
-def is_transfer(resume: Any) -> bool:
+def starts_from_checkpoint(resume: Any) -> bool:
     """Whether a run starts from a checkpoint ('noresume' is the official spelling of none)."""
     return resume not in (None, "", "noresume")
 
@@ -133,7 +135,7 @@ def run_config(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """The config wandb gets: the flattened resolved config plus the keys runs are compared by."""
     flat = flatten_config(config)
     flat.setdefault("dataset", dataset_name(config.get("data")))
-    flat.setdefault("transfer", is_transfer(config.get("resume")))
+    flat.setdefault("resumed", starts_from_checkpoint(config.get("resume")))
     flat.setdefault("run_dir", str(run_dir))
     return flat
 

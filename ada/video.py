@@ -16,7 +16,8 @@ import click
 import numpy as np
 import torch
 
-from ada.checkpoint import load_generator
+from ada.checkpoint import load_unconditional_generator
+from ada.distributed import default_device
 from ada.errors import UserError
 from ada.generate import check_truncation, parse_seeds, seed_to_z
 from ada.images import tile, to_uint8
@@ -78,10 +79,8 @@ def make_video(network: str, seeds: str, grid: str, frames_per_seed: int, trunca
     check_truncation(truncation_psi)
     check_fps(fps)
     path = movie_path(out)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    G = load_generator(network, device)
-    if G.c_dim > 0:
-        raise UserError(f"{network}: the network is conditional; videos work with unconditional networks")
+    device = default_device()
+    G = load_unconditional_generator(network, device, "videos work")
     count = write_movie(interpolation_frames(G, cells, columns, frames_per_seed, truncation_psi), path, fps)
     print(f"Wrote {path}: {count} frames, {columns}x{rows} cells of {len(cells[0])} keyframes each")
     return path

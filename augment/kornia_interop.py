@@ -33,8 +33,8 @@ import kornia.augmentation
 import torch
 from torch import Tensor
 
-from augment.geometric import blit, is_blit, resample
-from augment.pipe import AugmentParams, AugmentPipe
+from augment.geometric import blit
+from augment.pipe import AugmentParams, AugmentPipe, warp
 
 _FIELDS = ("geom", "color", "band_gains", "noise_std", "noise", "cutout_centres", "cutout")
 _DRAW = "draw."
@@ -71,14 +71,6 @@ def centred_map(matrix: Tensor, height: int, width: int) -> Tensor:
     return c @ matrix @ torch.linalg.inv(c)
 
 
-def warp(images: Tensor, g_inv: Tensor) -> Tensor:
-    """The pipe's geometric warp alone: exact pixel copies where the map moves whole pixels."""
-    whole = is_blit(g_inv, *images.shape[2:])
-    if bool(whole.all()):
-        return blit(images, g_inv)
-    return torch.where(whole.view(-1, 1, 1, 1), blit(images, g_inv), resample(images, g_inv))
-
-
 class KorniaAugmentPipe(kornia.augmentation.GeometricAugmentationBase2D):
     """An AugmentPipe (without extra stages) as a kornia geometric augmentation; see the module docstring."""
 
@@ -91,7 +83,7 @@ class KorniaAugmentPipe(kornia.augmentation.GeometricAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         n, channels, height, width = batch_shape
-        return params_to_dict(self.pipe.sample(n, channels, height, width, device=self.pipe.p.device))
+        return params_to_dict(self.pipe.sample(n, channels, height, width, device=self.pipe.device))
 
     def compute_transformation(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]) -> Tensor:
         if "geom" not in params:

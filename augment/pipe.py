@@ -1,7 +1,7 @@
 """AugmentPipe: ADA's differentiable augmentation pipeline as a torch module."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -94,6 +94,15 @@ def _on_subset(images: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
     return images.index_copy(0, index, out)
 
 
+def warp(images: Tensor, g_inv: Tensor) -> Tensor:
+    """Each image by its own geometric map [N, 3, 3]: untouched where the map is the identity, copied
+    pixel for pixel where it moves whole pixels, resampled once elsewhere."""
+    changed = _changed(g_inv)
+    whole_pixels = is_blit(g_inv, *images.shape[2:])
+    images = _on_subset(images, changed & whole_pixels, blit, g_inv)
+    return _on_subset(images, changed & ~whole_pixels, resample, g_inv)
+
+
 class AugmentPipe(torch.nn.Module):
     """The ADA augmentation pipeline: a random, differentiable map of image batches to image batches.
 
@@ -108,9 +117,10 @@ class AugmentPipe(torch.nn.Module):
 
     Args:
         preset: one of PRESETS (default "bgc"), or None for all strengths 0.
-        p: initial augmentation probability, in [0, 1]. Stored as the float32 buffer `p` (it is
-            in state_dict); set it any time with `pipe.p.copy_(value)`. Values above 1 act as 1;
-            keeping p in [0, 1] is the caller's job.
+        p: the augmentation probability, in [0, 1]: a number, or a function that returns the
+            current one (a training loop passes its controller's, which owns p; the pipe reads it
+            at every draw and keeps no copy). Set a number any time with `pipe.p = value`. Values
+            a function returns above 1 act as 1; keeping them in [0, 1] is the caller's job.
         xflip ... cutout: strength multiplier of each transform (>= 0); None keeps the preset's.
         The laws (defaults are ADA's): xint_max, integer shift uniform within +-xint_max of the
         size; scale_std, aniso_std, contrast_std, saturation_std, imgfilter_std, log2 standard
@@ -144,7 +154,7 @@ class AugmentPipe(torch.nn.Module):
         self,
         preset: str | None = "bgc",
         *,
-        p: float = 0.0,
+        p: float | Callable[[], float] = 0.0,
         xflip: float | None = None, rotate90: float | None = None, xint: float | None = None,
         scale: float | None = None, rotate: float | None = None, aniso: float | None = None,
         xfrac: float | None = None, brightness: float | None = None, contrast: float | None = None,
@@ -160,8 +170,6 @@ class AugmentPipe(torch.nn.Module):
         super().__init__()
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"augmentation probability p must be in [0, 1], got {p}")
         overrides = dict(xflip=xflip, rotate90=rotate90, xint=xint, scale=scale, rotate=rotate, aniso=aniso,
                          xfrac=xfrac, brightness=brightness, contrast=contrast, lumaflip=lumaflip, hue=hue,
                          saturation=saturation, imgfilter=imgfilter, noise=noise, cutout=cutout)
@@ -171,25 +179,35 @@ class AugmentPipe(torch.nn.Module):
             value = overrides[name] if overrides[name] is not None else base.get(name, 0.0)
             strengths[name] = _checked(name, value, allow_zero=True)
         self.strengths = MappingProxyType(strengths)
-        self.xint_max = _checked("xint_max", xint_max)
-        self.scale_std = _checked("scale_std", scale_std)
-        self.rotate_max = _checked("rotate_max", rotate_max)
-        self.aniso_std = _checked("aniso_std", aniso_std)
-        self.xfrac_std = _checked("xfrac_std", xfrac_std)
-        self.brightness_std = _checked("brightness_std", brightness_std)
-        self.contrast_std = _checked("contrast_std", contrast_std)
-        self.hue_max = _checked("hue_max", hue_max)
-        self.saturation_std = _checked("saturation_std", saturation_std)
-        self.imgfilter_std = _checked("imgfilter_std", imgfilter_std)
-        self.noise_std = _checked("noise_std", noise_std)
-        self.cutout_size = _checked("cutout_size", cutout_size)
+        laws = dict(xint_max=xint_max, scale_std=scale_std, rotate_max=rotate_max, aniso_std=aniso_std,
+                    xfrac_std=xfrac_std, brightness_std=brightness_std, contrast_std=contrast_std, hue_max=hue_max,
+                    saturation_std=saturation_std, imgfilter_std=imgfilter_std, noise_std=noise_std,
+                    cutout_size=cutout_size)
+        for name, value in laws.items():
+            setattr(self, name, _checked(name, value))
         if len(imgfilter_bands) != len(BAND_POWER):
             raise ValueError(f"imgfilter_bands needs {len(BAND_POWER)} values, got {len(imgfilter_bands)}")
         self.imgfilter_bands = tuple(_checked("imgfilter_bands", b, allow_zero=True) for b in imgfilter_bands)
 
-        self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32))
+        self.p = p
         self.register_buffer("band_filters", torch.from_numpy(band_filters(SYM2)), persistent=False)
         self.extra = torch.nn.ModuleList(_extra_stage(stage) for stage in extra)
+
+    @property
+    def p(self) -> float:
+        return self._p() if callable(self._p) else self._p
+
+    @p.setter
+    def p(self, value: float | Callable[[], float]) -> None:
+        if not callable(value):
+            value = float(value)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation probability p must be in [0, 1], got {value}")
+        self._p = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.band_filters.device
 
     def extra_repr(self) -> str:
         on = ", ".join(f"{k}={v:g}" for k, v in self.strengths.items() if v > 0)
@@ -201,9 +219,11 @@ class AugmentPipe(torch.nn.Module):
     def sample(self, n: int, channels: int, height: int, width: int, device: torch.device | str | None = None,
                generator: torch.Generator | None = None) -> AugmentParams:
         """Draws the random parameters for a batch of n images of shape [channels, height, width]."""
-        device = torch.device(device) if device is not None else self.p.device
+        device = torch.device(device) if device is not None else self.device
         s = self.strengths
-        prob = {name: self.p.to(device) * s[name] for name in TRANSFORMS}
+        # float32, as the probabilities are compared with float32 uniform draws.
+        p = torch.tensor(self.p, dtype=torch.float32, device=device)
+        prob = {name: p * s[name] for name in TRANSFORMS}
         rng = sampling.Rng(generator, device)
         draws: dict[str, Tensor] = {}
         params = AugmentParams(draws=draws)
@@ -279,7 +299,7 @@ class AugmentPipe(torch.nn.Module):
             params.cutout_centres = sampling.cutout_centres(n, rng)
 
         for stage in self.extra:
-            chosen = sampling.applied(n, self.p.to(device), rng)
+            chosen = sampling.applied(n, p, rng)
             count = int(chosen.sum())
             # Some kornia augmentations cannot draw for an empty batch; nothing is drawn for none.
             drawn = stage.forward_parameters(torch.Size([count, channels, height, width])) if count else {}
@@ -289,11 +309,7 @@ class AugmentPipe(torch.nn.Module):
     def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
         """Applies drawn parameters to images; differentiable with respect to images."""
         if params.geom is not None:
-            changed = _changed(params.geom)
-            whole_pixels = is_blit(params.geom, *images.shape[2:])
-            # Pure pixel moves are copied exactly; everything else is resampled once.
-            images = _on_subset(images, changed & whole_pixels, blit, params.geom)
-            images = _on_subset(images, changed & ~whole_pixels, resample, params.geom)
+            images = warp(images, params.geom)
         if params.color is not None:
             changed = _changed(params.color)
             if bool(changed.any()):

@@ -107,7 +107,7 @@ def print_measured(images: torch.Tensor, ps: list[float], draws: int, repeats: i
     preset = AdaptiveDiscriminatorAugmentation()
     batch = images.repeat(draws, 1, 1, 1)
     for p in ps:
-        pipe.p.fill_(p)
+        pipe.p = p
         preset.p = p
         with torch.no_grad():
             ours = pixel_stats(batch, pipe(batch))

@@ -43,6 +43,7 @@ import torch
 from harness import Sides
 
 from ada import config as config_mod
+from ada import config_checks
 from ada.config import TrainConfig
 from ada.errors import UserError
 
@@ -159,7 +160,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         config_mod.apply_overrides(cfg, rules, source="reference configuration")
         config_mod.apply_overrides(cfg, flag_overrides(args), source="command line")
     cfg.data, cfg.workers, cfg.seed = "random", 0, 0
-    config_mod.validate(cfg)
+    config_checks.validate(cfg)
     return cfg
 
 
@@ -196,9 +197,10 @@ class OursRunner:
     """Our Trainer, as `ada train` builds it from `cfg`, on an in-memory dataset of random images."""
 
     def __init__(self, cfg: TrainConfig, res: int, device: str):
+        from ada.build import environment_setup
         from ada.data import ImageDataset
         from ada.distributed import DistContext
-        from ada.training import TickStats, Trainer, environment_setup
+        from ada.training import TickStats, Trainer
 
         environment_setup(cfg)
         images = random_images(res)
@@ -216,8 +218,8 @@ class OfficialRunner:
     """The official training step, driven the way its training_loop drives it, from the same TrainConfig."""
 
     def __init__(self, cfg: TrainConfig, res: int, device: str, checkout: Path):
+        from ada.build import environment_setup, network_kwargs
         from ada.controller import ADA_KIMG
-        from ada.training import environment_setup, network_kwargs
 
         sys.path.insert(0, str(checkout.resolve()))
         import dnnlib  # noqa: F401  (the official checkout's packages, on the path only in this process)

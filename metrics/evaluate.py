@@ -23,16 +23,19 @@ from .names import MetricSpec, parse_metric_name, parse_metric_names
 from .ppl import path_lengths
 
 
+def format_duration(seconds: float, parts: int = 2) -> str:
+    """Seconds in the `parts` largest units from the first non-zero one: '42s', '3m 05s', '2h 07m' with 2
+    parts; '2h 05m 09s', '1d 03h 20m' with 3 (the official ``total_time_str`` style)."""
+    s = max(0, int(round(seconds)))
+    values = (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60)
+    first = next((i for i, v in enumerate(values) if v), len(values) - 1)
+    shown = list(zip(values, "dhms", strict=True))[first : first + parts]
+    return " ".join(f"{v}{unit}" if i == 0 else f"{v:02d}{unit}" for i, (v, unit) in enumerate(shown))
+
+
 def format_time(seconds: float) -> str:
-    """12s, 3m 04s, 2h 05m 09s, 1d 03h 20m: the official ``total_time_str`` style."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m"
+    """A metric's total time as the official ``total_time_str`` writes it: 12s, 3m 04s, 2h 05m 09s, 1d 03h 20m."""
+    return format_duration(seconds, parts=3)
 
 
 @dataclass

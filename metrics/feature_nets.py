@@ -235,11 +235,16 @@ def load_inception(
         state_dict = state_dict_from_nvidia_names(read_torchscript_tensors(path))
         return inception_from_state_dict(state_dict).to(device)
     except (ValueError, RuntimeError) as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FeatureNetUnavailable(
-            f"cannot map the tensors of {path} onto the FID Inception ({first_line}); use "
+            f"cannot map the tensors of {path} onto the FID Inception ({_first_line(err)}); use "
             f"{PYTORCH_FID_WEIGHTS.file_name} from {PYTORCH_FID_WEIGHTS.url} instead"
         ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's run over several), or its type's name.
+    (`ada.errors.one_line` does this for `ada`; metrics import nothing from it.)"""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _load_script(path: str | Path, device: str | torch.device, flag: str) -> torch.jit.ScriptModule:
@@ -249,8 +254,7 @@ def _load_script(path: str | Path, device: str | torch.device, flag: str) -> tor
     try:
         return torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        message = f"{flag} file {path} is not a TorchScript module ({first_line})"
+        message = f"{flag} file {path} is not a TorchScript module ({_first_line(err)})"
         raise FeatureNetUnavailable(message) from None
 
 

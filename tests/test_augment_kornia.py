@@ -67,9 +67,9 @@ def test_p_stays_the_pipes_one_value():
     wrapped = KorniaAugmentPipe(pipe)
     x = torch.rand(8, 3, 16, 16)
     assert torch.equal(K.ImageSequential(wrapped)(x), x)
-    pipe.p.fill_(1.0)  # the controller sets the pipe's p; the wrapper reads it at the next draw
+    pipe.p = 1.0  # the wrapper reads the pipe's p at the next draw
     assert not torch.equal(K.ImageSequential(wrapped)(x), x)
-    assert "p" not in dict(wrapped.named_buffers()) and wrapped.pipe.p is pipe.p
+    assert "p" not in dict(wrapped.named_buffers()) and wrapped.pipe is pipe
 
 
 def test_transform_matrix_moves_keypoints_where_the_whole_pixel_moves_take_them():

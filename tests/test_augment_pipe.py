@@ -24,14 +24,19 @@ def test_presets_are_the_papers_groups():
     assert all(v == 0 for v in AugmentPipe(None).strengths.values())
 
 
-def test_p_is_a_float32_scalar_buffer_in_the_state_dict():
+def test_p_is_a_number_or_read_from_its_owner():
     pipe = AugmentPipe("bgc", p=0.25)
-    assert pipe.p.shape == () and pipe.p.dtype == torch.float32
-    assert list(pipe.state_dict()) == ["p"]
-    pipe.p.copy_(torch.tensor(0.7))
-    other = AugmentPipe("bgc")
-    other.load_state_dict(pipe.state_dict())
-    assert float(other.p) == pytest.approx(0.7)
+    assert pipe.p == 0.25 and list(pipe.state_dict()) == []  # p is not state of the pipe
+    pipe.p = 0.7
+    assert pipe.p == 0.7
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        pipe.p = 1.5
+    owner = {"p": 0.0}
+    pipe = AugmentPipe("bgc", p=lambda: owner["p"])
+    x = images(32)
+    assert torch.equal(pipe(x), x)
+    owner["p"] = 1.0  # read at the next draw
+    assert (pipe(x) != x).flatten(1).any(dim=1).float().mean() > 0.9
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -47,11 +52,11 @@ def test_p_zero_is_the_identity_bit_for_bit(preset, channels):
                            x.view(torch.int64 if dtype == torch.float64 else torch.int32))
 
 
-def test_p_buffer_controls_the_strength():
+def test_p_controls_the_strength():
     pipe = AugmentPipe("bgc", p=0.0)
     x = images(32)
     assert torch.equal(pipe(x), x)
-    pipe.p.copy_(torch.tensor(1.0))
+    pipe.p = 1.0
     y = pipe(x)
     changed = (y != x).flatten(1).any(dim=1)
     assert changed.float().mean() > 0.9

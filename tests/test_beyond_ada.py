@@ -11,7 +11,8 @@ import torch
 from ada.checkpoint import latest_snapshot, load_checkpoint, save_checkpoint
 from ada.cli import main
 from ada.progress import format_tick
-from ada.training import TickStats, run_description
+from ada.rundir import run_description
+from ada.training import TickStats
 from augment import AugmentPipe, DiffAugment
 from tests.test_reliability import OVERRIDES, RUN, SNAPSHOT, assert_same_training_state, build_trainer
 from tests.test_reliability_inputs import cli_error
@@ -69,14 +70,16 @@ def test_accepted_combinations(flags, capsys, tmp_path):
 def test_the_trainer_builds_what_the_flags_ask_for():
     t = build_trainer(aug={"mode": "diffaug", "diffaug_policy": "translation,cutout"})
     assert isinstance(t.loss.augment_pipe, DiffAugment) and t.loss.augment_pipe.policy == ("translation", "cutout")
-    assert t.adaptive_pipe is None and t.apa_controller is None and t.loss.lecam is None
+    assert t.augment_pipe is t.loss.augment_pipe and t.apa_controller is None and t.loss.lecam is None
     assert "diffaug-translation-cutout" in run_description(t.cfg, "data")
     for _ in range(2):
         t.train_step(TickStats())
     assert t.controller.p == 0  # DiffAugment has no p to adapt
 
     t = build_trainer(**WITH_BOTH)
-    assert isinstance(t.loss.augment_pipe, AugmentPipe) and t.adaptive_pipe is t.loss.augment_pipe
+    assert isinstance(t.loss.augment_pipe, AugmentPipe) and t.augment_pipe is t.loss.augment_pipe
+    t.controller.p = 0.375  # the pipe reads the controller's p: there is no copy to update
+    assert t.augment_pipe.p == 0.375
     assert t.loss.lecam_weight == 0.3 and t.loss.lecam.decay == 0.99
     # APA's target and speed default to ADA's.
     assert (t.apa_controller.target, t.apa_controller.ada_kimg) == (t.controller.target, t.controller.ada_kimg)

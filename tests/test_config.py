@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ada import config
+from ada import config, config_checks
 from ada.errors import UserError
 from tests.conftest import REPO
 
@@ -19,7 +19,7 @@ def test_the_presets_are_the_yaml_files_of_configs():
 def test_every_preset_loads_and_validates(name):
     cfg = config.load_preset(name)
     cfg.data = "somewhere"
-    config.validate(cfg)
+    config_checks.validate(cfg)
     assert cfg.cfg == name
 
 
@@ -77,7 +77,7 @@ def test_validation_messages(overrides, message):
     cfg.data = "x"
     config.apply_overrides(cfg, overrides, source="test")
     with pytest.raises(UserError, match=message):
-        config.validate(cfg)
+        config_checks.validate(cfg)
 
 
 @pytest.mark.parametrize(
@@ -92,12 +92,12 @@ def test_validation_messages(overrides, message):
 )
 def test_flag_combinations_the_official_code_refuses(given, message):
     with pytest.raises(UserError, match=message):
-        config.check_flag_combinations(given)
+        config_checks.check_flag_combinations(given)
 
 
 def test_valid_flag_combinations_pass():
-    config.check_flag_combinations({"aug": {"mode": "fixed", "p": 0.3, "pipe": "bg"}})
-    config.check_flag_combinations({"aug": {"target": 0.7, "ada_kimg": 100}})
+    config_checks.check_flag_combinations({"aug": {"mode": "fixed", "p": 0.3, "pipe": "bg"}})
+    config_checks.check_flag_combinations({"aug": {"target": 0.7, "ada_kimg": 100}})
 
 
 def test_rv_heuristic_needs_a_validation_split_and_metrics_are_checked():
@@ -105,16 +105,16 @@ def test_rv_heuristic_needs_a_validation_split_and_metrics_are_checked():
     cfg.data = "x"
     config.apply_overrides(cfg, {"val": 0.0, "aug": {"heuristic": "rv"}}, source="test")
     with pytest.raises(UserError, match="--ada-heuristic=rv needs"):
-        config.validate(cfg)
+        config_checks.validate(cfg)
     cfg.aug.heuristic = "rt"
     cfg.metrics = ["fid50x"]
     with pytest.raises(UserError, match="--metrics"):
-        config.validate(cfg)
+        config_checks.validate(cfg)
 
 
 def test_augmentation_needs_8_pixels():
     cfg = config.load_preset("tiny")
     with pytest.raises(UserError, match="at least 8x8"):
-        config.check_against_data(cfg, 4)
+        config_checks.check_against_data(cfg, 4)
     cfg.aug.mode = "noaug"
-    config.check_against_data(cfg, 4)
+    config_checks.check_against_data(cfg, 4)

@@ -10,17 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ada.data import (
-    MAX_CLASSES,
-    MAX_PIXELS,
-    ImageDataset,
-    InfiniteBatchSampler,
-    open_dataset,
-    split_validation,
-    take_subset,
-)
+from ada.data import MAX_CLASSES, MAX_PIXELS, ImageDataset, open_dataset
 from ada.dataset_tool import convert
 from ada.errors import UserError
+from ada.loader import InfiniteBatchSampler, split_validation, take_subset
 from tests.conftest import write_images
 
 
@@ -31,6 +24,25 @@ def test_folder_dataset_is_read_recursively(tmp_path):
     assert ds.info.num_images == 5 and ds.resolution == 16 and ds.channels == 1
     x, c = ds[0]
     assert x.shape == (1, 16, 16) and x.dtype.is_floating_point is False and c.shape == (0,)
+
+
+def test_dataset_info_hashes_the_pixels_once(image_folder, monkeypatch):
+    """info fingerprints every held pixel; a run reads it at each snapshot, so it is computed once."""
+    import ada.data
+
+    ds = open_dataset(str(image_folder))
+    calls = []
+    sha256 = ada.data.hashlib.sha256
+
+    def counting(*args):
+        calls.append(1)
+        return sha256(*args)
+
+    monkeypatch.setattr(ada.data.hashlib, "sha256", counting)
+    first = ds.info
+    assert ds.info is first and ds.subset([0, 1]).info is not first
+    assert len(calls) == 2  # the dataset's and its subset's, each once
+    assert ds.subset(list(range(len(ds.names)))).info == first
 
 
 def test_any_colour_image_makes_the_dataset_rgb(tmp_path):

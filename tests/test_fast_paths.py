@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ada import ops
-from ada.networks import Conv2dLayer, Discriminator, FullyConnectedLayer, Generator, SynthesisLayer, ToRGBLayer
+from ada.discriminator import Conv2dLayer, Discriminator
+from ada.networks import FullyConnectedLayer, Generator, SynthesisLayer, ToRGBLayer
 
 SLOPE = 0.2
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ada import loss
+from ada.build import lazy_adam
 from ada.config import TrainConfig
-from ada.training import ema_beta, lazy_adam
+from ada.training import ema_beta
 
 
 def test_logistic_losses():
@@ -80,7 +80,141 @@ def test_ema_half_life():
     assert ema_beta(32, 1000, 10, 0.05) < beta
 
 
-def test_softplus_identity_used_by_the_losses():
-    x = torch.linspace(-5, 5, 11)
-    assert torch.allclose(F.softplus(-x) - F.softplus(x), -x, atol=1e-6)
-    assert math.isclose(float(loss.g_loss(torch.tensor(0.0))), math.log(2), rel_tol=1e-6)
+class ToyMapping(torch.nn.Module):
+    """w = z (times a trained scale, 1) for each of two layers: no randomness, no tracked statistics."""
+
+    num_ws = 2
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, z, c, update_w_avg=True):
+        return (z * self.scale)[:, None, :].repeat(1, self.num_ws, 1)
+
+
+class ToySynthesis(torch.nn.Module):
+    """A 1x4x4 image linear in the mean of the ws."""
+
+    def __init__(self, w_dim: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(w_dim, 16))
+
+    def forward(self, ws):
+        return (ws.mean(dim=1) @ self.weight).reshape(-1, 1, 4, 4)
+
+
+class ToyG(torch.nn.Module):
+    z_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = ToyMapping()
+        self.synthesis = ToySynthesis(self.z_dim)
+
+
+class LinearD(torch.nn.Module):
+    """D(x) = sum(a * x): its gradient in x is a, whatever x."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(1, 1, 4, 4))
+
+    def forward(self, img, c):
+        return (self.a * img).sum(dim=[1, 2, 3])[:, None]
+
+
+def toy_loss(pipe=None, **kwargs) -> loss.StyleGAN2Loss:
+    torch.manual_seed(0)
+    return loss.StyleGAN2Loss(ToyG(), LinearD(), pipe, r1_gamma=kwargs.pop("r1_gamma", 0.5), style_mixing=0.0,
+                              **kwargs)
+
+
+def batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(n, 1, 4, 4), torch.randn(n, ToyG.z_dim)
+
+
+def test_logistic_losses_by_hand():
+    # -log sigmoid(0) = log 2; -log sigmoid(3) = log(1 + e^-3); -log(1 - sigmoid(-2)) = log(1 + e^-2).
+    assert float(loss.g_loss(torch.tensor(0.0))) == pytest.approx(math.log(2))
+    assert float(loss.d_loss_real(torch.tensor(3.0))) == pytest.approx(math.log1p(math.exp(-3)))
+    assert float(loss.d_loss_gen(torch.tensor(-2.0))) == pytest.approx(math.log1p(math.exp(-2)))
+    # Far from 0 they stay finite where log(sigmoid) would not.
+    assert float(loss.g_loss(torch.tensor(-100.0))) == pytest.approx(100.0)
+
+
+def test_gmain_is_the_non_saturating_loss_of_d_on_g():
+    lo = toy_loss()
+    real, z = batch()
+    stats = lo.accumulate_gradients("Gmain", real, None, z, None, gain=1.0)
+    W, a = lo.G.synthesis.weight.detach(), lo.D.a.detach().flatten()
+    logits = z @ W @ a  # D(G(z)) of the linear toys, by hand
+    assert float(stats["loss_G"]) == pytest.approx(float(torch.log1p(torch.exp(-logits)).mean()), rel=1e-5)
+    # d/dW mean(softplus(-z W a)) = -mean over the batch of sigmoid(-logit) z a^T.
+    expected = -torch.outer(z.t() @ torch.sigmoid(-logits), a) / len(z)
+    assert torch.allclose(lo.G.synthesis.weight.grad, expected, atol=1e-6)
+    assert lo.D.a.grad is not None  # the trainer clears it: Gmain trains only G
+
+
+def test_dmain_pushes_reals_up_and_fakes_down_and_reports_real_signs():
+    lo = toy_loss()
+    real, z = batch()
+    stats = lo.accumulate_gradients("Dmain", real, None, z, None, gain=1.0)
+    a = lo.D.a.detach()
+    fake = lo.G.synthesis(lo.G.mapping(z, None)).detach()
+    real_logits, gen_logits = (a * real).sum(dim=[1, 2, 3]), (a * fake).sum(dim=[1, 2, 3])
+    expected_loss = torch.log1p(torch.exp(gen_logits)) + torch.log1p(torch.exp(-real_logits))
+    assert float(stats["loss_D"]) == pytest.approx(float(expected_loss.mean()), rel=1e-5)
+    assert torch.equal(stats["real_signs"].flatten(), real_logits.sign())
+    # d/da: sigmoid(D(fake)) fake - sigmoid(-D(real)) real, averaged.
+    expected = (torch.sigmoid(gen_logits)[:, None, None, None] * fake
+                - torch.sigmoid(-real_logits)[:, None, None, None] * real).mean(dim=0, keepdim=True)
+    assert torch.allclose(lo.D.a.grad, expected, atol=1e-6)
+    assert lo.G.synthesis.weight.grad is None  # the fakes are generated without a graph
+
+
+@pytest.mark.parametrize("gain", [1.0, 16.0])
+def test_dreg_is_r1_times_gamma_over_two_and_scales_with_the_lazy_gain(gain):
+    """For D(x) = sum(a x), grad_x D = a: R1 = gamma / 2 * |a|^2 for every image, d/da = gamma * a."""
+    lo = toy_loss(r1_gamma=0.5)
+    real, z = batch()
+    stats = lo.accumulate_gradients("Dreg", real, None, z, None, gain=gain)
+    a = lo.D.a.detach()
+    assert float(stats["loss_D_r1"]) == pytest.approx(0.25 * float(a.square().sum()), rel=1e-5)
+    assert torch.allclose(lo.D.a.grad, gain * 0.5 * a, rtol=1e-5)
+    assert "loss_D" not in stats and "real_signs" in stats
+
+
+def test_r1_is_taken_with_respect_to_the_real_before_the_pipe_and_through_it():
+    """With a pipe x -> 2x, D(pipe(x)) has gradient 2a in the un-augmented x: R1 is four times larger."""
+    lo = toy_loss(pipe=lambda img: 2 * img, r1_gamma=0.5)
+    real, z = batch()
+    stats = lo.accumulate_gradients("Dreg", real, None, z, None, gain=1.0)
+    a = lo.D.a.detach()
+    assert float(stats["loss_D_r1"]) == pytest.approx(0.25 * 4 * float(a.square().sum()), rel=1e-5)
+
+
+def test_greg_is_the_path_length_penalty_around_its_running_mean():
+    lo = toy_loss(pl_weight=2.0, pl_decay=0.01, pl_batch_shrink=2)
+    real, z = batch(4)
+    torch.manual_seed(7)
+    stats = lo.accumulate_gradients("Greg", real, None, z, None, gain=1.0)
+    torch.manual_seed(7)
+    y = torch.randn(2, 1, 4, 4) / 4  # the first noise draw of the phase, std 1 / sqrt(h w)
+    W = lo.G.synthesis.weight.detach()
+    # img = mean_l(w_l) W: each of the two layers' J^T y is W y / 2, so the length is |W y| / 2.
+    lengths = (y.reshape(2, 16) @ W.t()).norm(dim=1) / 2
+    pl_mean = 0.01 * lengths.mean()  # lerp from 0
+    assert float(lo.pl_mean) == pytest.approx(float(pl_mean), rel=1e-5)
+    assert float(stats["loss_G_pl"]) == pytest.approx(float(((lengths - pl_mean) ** 2 * 2.0).mean()), rel=1e-4)
+
+
+def test_a_non_finite_path_length_leaves_the_running_mean_alone():
+    lo = toy_loss()
+    real, z = batch()
+    lo.pl_mean.fill_(0.5)
+    with torch.no_grad():
+        lo.G.synthesis.weight[0, 0] = float("nan")
+    lo.accumulate_gradients("Greg", real, None, z, None, gain=1.0)
+    assert float(lo.pl_mean) == 0.5

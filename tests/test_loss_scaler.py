@@ -49,7 +49,7 @@ def test_disabled_scaler_steps_exactly_like_plain_adam():
         for params, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
             loss = (x @ params[0] + params[1]).square().mean()
-            (scaler.scale_loss(loss) if params is a else loss).backward()
+            (scaler.scaled(loss) if params is a else loss).backward()
         scaler.step(opt_a, [p.grad for p in a])
         opt_b.step()
     for p, q in zip(a, b, strict=True):
@@ -62,7 +62,7 @@ def test_scaled_loss_gives_the_unscaled_update():
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     for params in (a, b):
         loss = (x @ params[0] + params[1]).square().mean()
-        (scaler.scale_loss(loss) if params is a else loss).backward()
+        (scaler.scaled(loss) if params is a else loss).backward()
     assert a[1].grad.abs().max() > 1000 * b[1].grad.abs().max()  # the scale reached the gradients
     scaler.step(opt_a, [p.grad for p in a])
     opt_b.step()
@@ -76,14 +76,14 @@ def test_non_finite_step_is_skipped_counted_and_lowers_the_scale():
     before = [p.detach().clone() for p in a]
     for _ in range(3):
         opt.zero_grad()
-        (scaler.scale_loss(a[0].sum() * float("inf")) + a[1].sum()).backward()
+        (scaler.scaled(a[0].sum() * float("inf")) + a[1].sum()).backward()
         scaler.step(opt, [p.grad for p in a])
     assert all(torch.equal(p, q) for p, q in zip(a, before, strict=True))
     assert opt.state[a[0]]["exp_avg"].abs().max() == 0  # the moments did not see the bad gradients
     assert scaler.scale.item() == 8.0
     assert scaler.take_counts() == (3, 3, 3)
     opt.zero_grad()
-    scaler.scale_loss(a[0].sum() + a[1].sum()).backward()
+    scaler.scaled(a[0].sum() + a[1].sum()).backward()
     scaler.step(opt, [p.grad for p in a])
     assert not torch.equal(a[0], before[0])
     # The streak ended. The longest since the last look is the one that was running then (a streak
@@ -110,7 +110,7 @@ def test_state_round_trip():
 
 def test_adam_state_saved_unfused_loads_into_the_fused_optimiser():
     """Checkpoints from before the fused Adam keep working: the skip needs the fused kernel."""
-    from ada.training import load_optimizer_state
+    from ada.snapshots import load_optimizer_state
 
     a, opt, _, _ = adam_pair()
     unfused = torch.optim.Adam(a, lr=0.01, betas=(0.0, 0.99), eps=1e-8, foreach=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ada.networks import Discriminator, Generator
+from ada.discriminator import Discriminator
+from ada.networks import Generator
 
 SMALL = dict(channel_base=128, channel_max=16)  # 16 channels at 4 and 8 px, 8 at 16, 4 at 32
 

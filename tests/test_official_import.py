@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from ada import official
+from ada.discriminator import Discriminator
 from ada.errors import UserError
-from ada.networks import Discriminator, Generator
+from ada.networks import Generator
 from tests._official_fixture import AugmentPipe, write_official
 
 PROTOCOLS = [2, 3, 4, 5]

@@ -32,7 +32,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import ada.distributed
 import ada.loss
+import ada.rundir
 import ada.training
 from ada.checkpoint import FORMAT, VERSION, latest_snapshot, load_checkpoint, load_generator
 from ada.cli import main
@@ -41,6 +43,7 @@ from ada.distributed import DistContext
 from ada.errors import UserError
 from ada.files import append_jsonl, atomic_write_text, read_jsonl
 from ada.launch import resolve_config, split_dataset
+from ada.monitor import measure_overfitting
 from ada.training import TickStats, Trainer
 from tests.conftest import REPO, png_header_only, write_images
 
@@ -204,6 +207,32 @@ def test_sigkill_after_first_snapshot_then_resume_continues_exactly(reference, t
     assert_same_training_state(final, ref_final)
 
 
+def test_a_checkpoint_from_when_the_pipe_kept_a_copy_of_p_resumes_exactly(reference, tmp_path):
+    """Checkpoints written while the augmentation pipe kept its own copy of p hold it under
+    "augment_pipe"; the controller's p is the one restored, and the copy is ignored."""
+    from ada.checkpoint import save_checkpoint
+
+    ref_run, ref_final = reference
+    old = load_checkpoint(ref_run / SNAPSHOT)
+    assert "augment_pipe" not in old and old["controller"]["p"] > 0
+    # As those versions wrote it: the pipe's float32 buffer, set at the start of the last step.
+    old["augment_pipe"] = {"p": torch.tensor(0.0)}
+    path = tmp_path / "old" / SNAPSHOT
+    path.parent.mkdir()
+    save_checkpoint(path, old)
+
+    run = train(tmp_path / "runs", "--kimg", TOTAL_KIMG, "--resume", str(path))
+
+    final = load_checkpoint(latest_snapshot(run))
+    assert final["progress"]["cur_nimg"] == TOTAL_NIMG and "augment_pipe" not in final
+    ref_stats = read_jsonl(ref_run / "stats.jsonl")
+    assert [untimed(r) for r in read_jsonl(run / "stats.jsonl")] == [untimed(r) for r in ref_stats[1:]]
+    # A file resumed into a new run directory counts the lines of that directory's stats.jsonl.
+    assert final["progress"].pop("stats_lines") == ref_final["progress"]["stats_lines"] - 1
+    assert_same_training_state(final, {**ref_final, "progress": {
+        k: v for k, v in ref_final["progress"].items() if k != "stats_lines"}})
+
+
 def test_sigterm_stops_after_the_step_with_a_final_snapshot_and_resumes_exactly(reference, tmp_path):
     ref_run, ref_final = reference
     outdir = tmp_path / "runs"
@@ -274,7 +303,7 @@ def test_a_stop_of_a_gpus_run_reaches_every_rank_and_ends_with_a_final_snapshot(
 
 
 def test_a_repeated_sigterm_is_one_stop_and_a_second_ctrl_c_quits_at_once():
-    stop = ada.training.StopRequested()
+    stop = ada.distributed.StopRequested()
     stop.install()
     try:
         try:
@@ -394,7 +423,7 @@ def test_runs_started_together_take_the_next_free_number(tmp_path, monkeypatch):
         return iter(entries)
 
     monkeypatch.setattr(Path, "iterdir", list_then_lose_the_race)
-    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00001-desc"
+    assert ada.rundir.make_run_dir(outdir, "desc") == outdir / "00001-desc"
 
 
 def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeypatch):
@@ -411,7 +440,7 @@ def test_a_listing_that_lags_behind_does_not_hold_up_a_new_run(tmp_path, monkeyp
         return iter([])
 
     monkeypatch.setattr(Path, "iterdir", stale_listing)
-    assert ada.training.make_run_dir(outdir, "desc") == outdir / "00002-desc"
+    assert ada.rundir.make_run_dir(outdir, "desc") == outdir / "00002-desc"
     assert len(listings) == 1
 
 
@@ -723,7 +752,8 @@ def test_loader_workers_survive_ctrl_c(tmp_path):
     """Ctrl-C reaches every process of the group; only the trainer may act on it."""
     import multiprocessing
 
-    from ada.data import infinite_loader, open_dataset
+    from ada.data import open_dataset
+    from ada.loader import infinite_loader
 
     write_images(tmp_path / "data", 8, 16)
     dataset = open_dataset(str(tmp_path / "data"), cache_bytes=0)  # decoded per batch, in a worker
@@ -746,7 +776,7 @@ def test_same_seed_same_steps_bit_for_bit():
     a = build_trainer()
     initial = copy.deepcopy(a.G.state_dict())
     a.train_step(TickStats())
-    a.measure_overfitting()
+    measure_overfitting(a)
     a.train_step(TickStats())
     state_a = a.checkpoint_state()
     b = build_trainer()

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ada.checkpoint
+import ada.checkpoint_checks
 from ada import official
 from ada.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from ada.cli import main
@@ -191,8 +192,8 @@ def test_a_generator_only_checkpoint_serves_the_tools_but_not_a_resume(small_che
     run.mkdir()
     save_checkpoint(run / GOOD, {"G_kwargs": full["G_kwargs"], "G_ema": full["G_ema"]})
     planned = []
-    real_planned_state = ada.checkpoint.planned_state
-    monkeypatch.setattr(ada.checkpoint, "planned_state",
+    real_planned_state = ada.checkpoint_checks.planned_state
+    monkeypatch.setattr(ada.checkpoint_checks, "planned_state",
                         lambda cls, kwargs: planned.append(cls.__name__) or real_planned_state(cls, kwargs))
     G = load_generator(str(run))  # a run directory whose snapshot records no progress: by its name
     assert planned == ["Generator"]

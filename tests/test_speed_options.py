@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import ada.build
 import ada.loss
 import ada.networks
 from ada.distributed import DistContext
@@ -107,7 +108,7 @@ def test_bfloat16_on_cpu_gives_a_close_step(plain, monkeypatch):
 
 def test_loss_scaling_gives_the_unscaled_step(plain, monkeypatch):
     """The scaling alone, on float32 blocks: scaling by a power of two and dividing it out is exact."""
-    monkeypatch.setattr(Trainer, "uses_float16", lambda self: True)
+    monkeypatch.setattr(ada.build, "uses_float16", lambda *args: True)
     trainer = build()
     assert all(phase.scaler.enabled and phase.scaler.scale.item() == INIT_SCALE for phase in trainer.phases)
     assert_same_gradients(first_step_gradients(trainer, monkeypatch), plain, rtol=1e-5)
@@ -119,7 +120,7 @@ def float16_blocks_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer picks float16 only on CUDA; its arithmetic and the loss scaling run on a CPU too."""
     monkeypatch.setattr(ada.networks, "block_dtype",
                         lambda use, reduced, device: torch.float16 if use else torch.float32)
-    monkeypatch.setattr(Trainer, "uses_float16", lambda self: True)
+    monkeypatch.setattr(ada.build, "uses_float16", lambda *args: True)
 
 
 def test_float16_blocks_with_loss_scaling_give_a_close_step(plain, monkeypatch):
@@ -186,7 +187,8 @@ def test_compiled_main_phases_give_the_same_step(plain, monkeypatch):
 
 def test_inductor_compiled_networks_match_eager():
     """The real compiler, where this machine has one: outputs and gradients of compiled G and D."""
-    from ada.networks import Discriminator, Generator
+    from ada.discriminator import Discriminator
+    from ada.networks import Generator
 
     torch.manual_seed(0)
     G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,

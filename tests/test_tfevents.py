@@ -114,7 +114,8 @@ def test_on_by_default_when_installed_off_on_request_and_on_other_ranks(tmp_path
 
 
 def test_an_explicit_request_without_the_package_is_refused(monkeypatch):
-    from ada.config import resolve, validate
+    from ada.config import resolve
+    from ada.config_checks import validate
 
     monkeypatch.setattr(tfevents, "available", lambda: False)
     assert type(TensorBoardTracker.create(Path("unused"), enabled=None)) is Tracker

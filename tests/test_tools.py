@@ -208,7 +208,7 @@ def test_augment_command(tmp_path, capsys):
 
 
 def test_every_tool_takes_an_official_pickle_and_a_run_directory(tmp_path, capsys, official_names):
-    from ada.networks import Discriminator
+    from ada.discriminator import Discriminator
     from tests._official_fixture import write_official
 
     G = tiny_generator(res=16)

@@ -215,11 +215,11 @@ def test_flatten_config_gives_dotted_keys_and_json_values() -> None:
 def test_run_config_adds_the_keys_runs_are_compared_by() -> None:
     cfg = run_config(CONFIG, Path("/runs/00007-faces-32-ada"))
     assert cfg["dataset"] == "faces-32"
-    assert cfg["transfer"] is False
+    assert cfg["resumed"] is False
     assert cfg["run_dir"] == "/runs/00007-faces-32-ada"
     assert cfg["loss.r1_gamma"] == 0.05 and cfg["G.mapping.layers"] == 2
-    assert run_config({**CONFIG, "resume": "/ckpt/ffhq.pt"}, Path("r"))["transfer"] is True
-    assert run_config({**CONFIG, "resume": "noresume"}, Path("r"))["transfer"] is False
+    assert run_config({**CONFIG, "resume": "/ckpt/ffhq.pt"}, Path("r"))["resumed"] is True
+    assert run_config({**CONFIG, "resume": "noresume"}, Path("r"))["resumed"] is False
     # a key the config already has is not overwritten by a derived one
     assert run_config({**CONFIG, "dataset": "mine"}, Path("r"))["dataset"] == "mine"
 
@@ -323,7 +323,7 @@ def test_offline_run_records_config_ticks_metrics_images_and_summary(tmp_path: P
     config = run["config"]
     for key, value in flatten_config(CONFIG).items():
         assert config[key] == value, key
-    assert config["dataset"] == "faces-32" and config["transfer"] is False
+    assert config["dataset"] == "faces-32" and config["resumed"] is False
     # every key uses kimg as its x-axis
     assert any(m.glob_name == "*" and m.step_metric == "kimg" for m in run["metrics"])
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ada.build import build_networks
 from ada.checkpoint import load_checkpoint
 from ada.cli import main
 from ada.config import load_preset
@@ -23,7 +24,7 @@ from ada.generate import parse_seeds, seed_to_z
 from ada.images import to_uint8
 from ada.launch import resolve_config, split_dataset
 from ada.networks import Generator
-from ada.training import TickStats, Trainer, build_networks
+from ada.training import TickStats, Trainer
 from tests._official_fixture import AugmentPipe, write_official
 from tests.conftest import write_images
 
