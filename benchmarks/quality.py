@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", default="ada,fast,noaug", help=f"named runs: {', '.join(RUNS)}")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=FLAGS",
                         help="an extra run: a name and its train.py flags (repeatable)")
-    parser.add_argument("--cfg", default="tiny", help="the preset every run uses")
+    parser.add_argument("--cfg", default="cpu", help="the preset every run uses (cpu: as measured in the README)")
     parser.add_argument("--kimg", type=float, default=100)
     parser.add_argument("--every", type=float, default=10, help="kimg between scored snapshots")
     parser.add_argument("--tick", type=float, default=2, help="kimg between stats lines (divides --every)")

@@ -105,7 +105,7 @@ def test_every_named_run_is_a_valid_training(bench, name, tmp_path, capsys):
 
 def test_script_end_to_end_is_reproducible(tmp_path):
     def run(out):
-        command = [sys.executable, str(BENCHMARKS / "quality.py"), "--n", "24", "--runs", "noaug",
+        command = [sys.executable, str(BENCHMARKS / "quality.py"), "--n", "24", "--cfg", "tiny", "--runs", "noaug",
                    "--run", "fast=--aug=ada --ada-kimg=0.1", "--kimg", "0.032", "--every", "0.032",
                    "--tick", "0.016", "--samples", "64", "--classifier-epochs", "1", "--jobs", "2",
                    "--out", str(out)]
