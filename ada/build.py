@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ada.config import TrainConfig
+from ada.config import AugConfig, TrainConfig
 from ada.controller import ADA_KIMG, ADA_KIMG_TRANSFER, AdaController
 from ada.discriminator import Discriminator
 from ada.errors import UserError
@@ -113,20 +113,34 @@ def build_phases(cfg: TrainConfig, G: Generator, D: Discriminator, d_params: lis
     return phases
 
 
+def diffaug_policy(aug: AugConfig) -> str | None:
+    """The DiffAugment policy the run applies: all of it with --aug=diffaug unless one is given,
+    the given one (or none) before ADA's pipe, none with --aug=noaug."""
+    from augment.diffaug import DEFAULT_POLICY
+
+    if aug.mode == "diffaug":
+        return aug.diffaug or DEFAULT_POLICY
+    return None if aug.mode == "noaug" else aug.diffaug
+
+
 def build_augment_pipe(cfg: TrainConfig, device: torch.device, controller: AdaController) -> torch.nn.Module | None:
     """The module every image D sees passes through. The ADA pipe reads its p from `controller`,
-    which owns it; DiffAugment has no p."""
+    which owns it; DiffAugment has no p. A DiffAugment policy given with ADA runs first, on every
+    image, as the DiffAugment authors combine the two."""
     a = cfg.aug
     if a.mode == "noaug":
         return None
-    if a.mode == "diffaug":
-        from augment.diffaug import DiffAugment
+    from augment.diffaug import DiffAugment
 
-        return DiffAugment(a.diffaug_policy).to(device)
+    policy = diffaug_policy(a)
+    fixed = None if policy is None else DiffAugment(policy)
+    if a.mode == "diffaug":
+        return fixed.to(device)
     from augment import AugmentPipe
     from augment.extra_stages import parse_extra
 
-    return AugmentPipe(preset=a.pipe, extra=parse_extra(a.extra), p=lambda: controller.p).to(device)
+    pipe = AugmentPipe(preset=a.pipe, extra=parse_extra(a.extra), p=lambda: controller.p)
+    return (pipe if fixed is None else torch.nn.Sequential(fixed, pipe)).to(device)
 
 
 def resolve_ada_kimg(cfg: TrainConfig, transfer: bool) -> float:

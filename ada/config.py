@@ -144,9 +144,12 @@ class AugConfig:
     extra: str | None = option(None, flag="--aug-extra", metavar="LIST", default_text="none",
                                help="Kornia augmentations after the pipeline, with probability p: "
                                     "perspective[:0.3], erasing[:0.33], blur[:1], sharpness[:0.5]")
-    # mode 'diffaug': DiffAugment's policies (augment/diffaug.py), applied to every image.
-    diffaug_policy: str = option("color,translation,cutout", flag="--diffaug-policy", metavar="LIST",
-                                 help="DiffAugment policies for --aug=diffaug")
+    # DiffAugment's policies (augment/diffaug.py), applied to every image: the whole pipe with
+    # --aug=diffaug (None: all three), or run before ADA's pipe with --aug=ada or fixed (None: off).
+    diffaug: str | None = option(None, flag="--diffaug-policy", metavar="LIST",
+                                 default_text="color,translation,cutout with --aug=diffaug; none otherwise",
+                                 help="DiffAugment policies: the pipe with --aug=diffaug, or a fixed stage "
+                                      "before ADA's pipe with --aug=ada or fixed")
     # APA: reals replaced by generated images with a probability that ADA's law adapts; its target
     # and speed (None: those of ADA, target and ada_kimg).
     apa: bool = option(False, flag="--apa", help="Adaptive pseudo augmentation (APA, Jiang et al. 2021)")

@@ -91,7 +91,8 @@ def validate(cfg: TrainConfig) -> None:
     from augment.diffaug import parse_policy
 
     try:
-        parse_policy(aug.diffaug_policy)
+        if aug.diffaug is not None:
+            parse_policy(aug.diffaug)
     except ValueError as exc:
         raise UserError(f"--diffaug-policy: {exc}") from None
     from augment.extra_stages import parse_extra
@@ -130,7 +131,9 @@ def check_flag_combinations(given: dict[str, Any]) -> None:
     for key in ("pipe", "extra"):  # options of ADA's pipeline
         for other in ("noaug", "diffaug"):
             _check(key not in aug or mode != other, f"{flag.get(key)} cannot be given with --aug={other}")
-    _check("diffaug_policy" not in aug or mode == "diffaug", "--diffaug-policy can only be given with --aug=diffaug")
+    _check("diffaug" not in aug or mode != "noaug",
+           "--diffaug-policy cannot be given with --aug=noaug; use --aug=diffaug, or ada or fixed to run it before "
+           "ADA's pipe")
     for key in ("apa_target", "apa_kimg"):
         _check(key not in aug or aug.get("apa") is True, f"{flag.get(key)} can only be given with --apa=1")
     loss = given.get("loss", {})

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ada import config, field_types
+from ada.build import diffaug_policy
 from ada.checkpoint import latest_snapshot, load_checkpoint
 from ada.config import TrainConfig, preset_label
 from ada.errors import UserError, one_line
@@ -49,10 +50,11 @@ def run_description(cfg: TrainConfig, data_name: str) -> str:
     parts.append(cfg.aug.mode if cfg.aug.mode != "fixed" else f"p{cfg.aug.p:g}")
     if cfg.aug.mode == "ada":
         parts.append(f"target{cfg.aug.target:g}")
-    if cfg.aug.mode == "diffaug":
-        parts.append(cfg.aug.diffaug_policy.replace(",", "-"))
-    elif cfg.aug.mode != "noaug":
+    if cfg.aug.mode not in ("diffaug", "noaug"):
         parts.append(cfg.aug.pipe)
+    policy = diffaug_policy(cfg.aug)
+    if policy is not None:
+        parts.append(("" if cfg.aug.mode == "diffaug" else "diffaug-") + policy.replace(",", "-"))
     if cfg.aug.apa:
         parts.append("apa")
     if cfg.loss.lecam:
@@ -182,10 +184,27 @@ def stored_config(run_dir: Path) -> TrainConfig:
                 f"--resume={run_dir}: not a run directory (no {OPTIONS_FILE}, no network-snapshot-*.pt)"
             )
         stored, source = load_checkpoint(snapshot)["config"], str(snapshot)
-    stored = {k: v for k, v in stored.items() if k not in _RETIRED_KEYS}
+    stored = upgraded_record(stored)
     cfg = TrainConfig(cfg=str(stored.pop("cfg", "auto")))
     config.apply_overrides(cfg, stored, source=source)
     return cfg
+
+
+def upgraded_record(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored options in today's keys, meaning what they meant when the run started.
+
+    Retired keys go. `aug.diffaug_policy` (every record had one, read only with --aug=diffaug)
+    became `aug.diffaug`, which --aug=ada also reads; an older ADA run keeps no DiffAugment.
+    """
+    stored = {k: v for k, v in stored.items() if k not in _RETIRED_KEYS}
+    aug = stored.get("aug")
+    if isinstance(aug, dict) and "diffaug_policy" in aug:
+        aug = dict(aug)
+        policy = aug.pop("diffaug_policy")
+        if aug.get("mode") == "diffaug":
+            aug["diffaug"] = policy
+        stored["aug"] = aug
+    return stored
 
 
 def _preset_id(spec: str) -> str:

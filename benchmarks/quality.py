@@ -70,6 +70,9 @@ RUNS: dict[str, list[str]] = {
     "lecam": ["--aug=ada", "--lecam=0.3"],
     "diffaug": ["--aug=diffaug", "--diffaug-policy=color,translation,cutout"],
     "apa": ["--aug=ada", "--apa=1"],
+    # ADA with a fixed DiffAugment stage before it: cutout, the one DiffAugment transform that ADA's
+    # default pipe (bgc) lacks, on every image from the first step while p is still near 0.
+    "ada-cutout": ["--aug=ada", "--diffaug-policy=cutout"],
 }
 # A sample counts towards its class only when the classifier gives that class this probability.
 READABLE = 0.9

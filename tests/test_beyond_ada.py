@@ -10,8 +10,9 @@ import torch
 
 from ada.checkpoint import latest_snapshot, load_checkpoint, save_checkpoint
 from ada.cli import main
+from ada.config import TrainConfig
 from ada.progress import format_tick
-from ada.rundir import run_description
+from ada.rundir import run_description, stored_config
 from ada.training import TickStats
 from augment import AugmentPipe, DiffAugment
 from tests.test_reliability import OVERRIDES, RUN, SNAPSHOT, assert_same_training_state, build_trainer
@@ -27,8 +28,8 @@ WITH_BOTH = dict(aug={**OVERRIDES["aug"], "apa": True}, loss={"lecam": 0.3})
     ("flags", "message"),
     [
         (["--aug", "diffaug", "--p", "0.2"], "--p can only be given with --aug=fixed"),
-        (["--diffaug-policy", "color"], "--diffaug-policy can only be given with --aug=diffaug"),
-        (["--aug", "noaug", "--diffaug-policy", "color"], "--diffaug-policy can only be given with --aug=diffaug"),
+        (["--aug", "noaug", "--diffaug-policy", "color"], "--diffaug-policy cannot be given with --aug=noaug"),
+        (["--diffaug-policy", "cutout,flip"], "--diffaug-policy: unknown DiffAugment policy 'flip'"),
         (["--aug", "diffaug", "--target", "0.6"], "--target can only be given with --aug=ada"),
         (["--aug", "diffaug", "--augpipe", "bgc"], "--augpipe cannot be given with --aug=diffaug"),
         (["--aug", "diffaug", "--aug-extra", "blur"], "--aug-extra cannot be given with --aug=diffaug"),
@@ -60,6 +61,8 @@ def test_refused_flags_end_in_one_line(flags, message, capsys, tmp_path):
         ["--aug", "diffaug", "--diffaug-policy", "translation,color", "--apa", "1", "--lecam", "0.1"],
         ["--aug", "noaug", "--apa", "1", "--apa-target", "0.5", "--apa-kimg", "50"],
         ["--aug", "fixed", "--p", "0.2", "--lecam", "0.01", "--lecam-decay", "0.9"],
+        ["--diffaug-policy", "cutout"],
+        ["--aug", "fixed", "--p", "0.2", "--diffaug-policy", "translation,cutout"],
     ],
 )
 def test_accepted_combinations(flags, capsys, tmp_path):
@@ -68,7 +71,7 @@ def test_accepted_combinations(flags, capsys, tmp_path):
 
 
 def test_the_trainer_builds_what_the_flags_ask_for():
-    t = build_trainer(aug={"mode": "diffaug", "diffaug_policy": "translation,cutout"})
+    t = build_trainer(aug={"mode": "diffaug", "diffaug": "translation,cutout"})
     assert isinstance(t.loss.augment_pipe, DiffAugment) and t.loss.augment_pipe.policy == ("translation", "cutout")
     assert t.augment_pipe is t.loss.augment_pipe and t.apa_controller is None and t.loss.lecam is None
     assert "diffaug-translation-cutout" in run_description(t.cfg, "data")
@@ -88,6 +91,31 @@ def test_the_trainer_builds_what_the_flags_ask_for():
     t = build_trainer(aug={"mode": "noaug", "apa": True, "apa_target": 0.3, "apa_kimg": 20.0})
     assert (t.apa_controller.target, t.apa_controller.ada_kimg) == (0.3, 20.0)
     assert t.apa_controller.adjust and not t.controller.adjust
+
+
+def test_diffaugment_alone_takes_its_whole_policy_unless_given_one():
+    t = build_trainer(aug={"mode": "diffaug"})
+    assert t.augment_pipe.policy == ("color", "translation", "cutout")
+    assert run_description(t.cfg, "data").endswith("-diffaug-color-translation-cutout")
+    assert isinstance(build_trainer().augment_pipe, AugmentPipe)  # ADA alone: no DiffAugment stage
+
+
+def test_a_diffaugment_policy_with_ada_runs_before_its_pipe_on_every_image():
+    t = build_trainer(aug={**OVERRIDES["aug"], "diffaug": "cutout"})
+    fixed, pipe = t.augment_pipe
+    assert isinstance(fixed, DiffAugment) and fixed.policy == ("cutout",) and isinstance(pipe, AugmentPipe)
+    assert t.loss.augment_pipe is t.augment_pipe
+    assert run_description(t.cfg, "data").endswith("-ada-target0.05-bgc-diffaug-cutout")
+    # At p = 0 ADA's pipe is the identity, and the cutout still reaches every image: a quarter of
+    # each 16x16 image, or less where the square leaves the border.
+    t.controller.p = 0.0
+    images = torch.rand([64, 3, 16, 16], device=t.device) + 1
+    cut = (t.augment_pipe(images) == 0).all(dim=1).flatten(1).sum(dim=1)
+    assert (cut > 0).all() and (cut <= 64).all() and (cut == 64).any()
+    t.controller.p = 1.0  # and ADA's transforms follow it: cut squares no longer sit on the pixel grid
+    assert not torch.equal(t.augment_pipe(images) == 0, fixed(images) == 0)
+    for _ in range(2):
+        t.train_step(TickStats())
 
 
 # ----- what a run logs -----
@@ -174,3 +202,15 @@ def test_a_checkpoint_without_the_new_state_resumes_with_it_starting_afresh(tmp_
     assert b.apa_controller.p == 0 and b.loss.lecam.steps == 0
     b.train_step(TickStats())
     assert b.loss.lecam.steps == 1
+
+
+@pytest.mark.parametrize(("mode", "kept"), [("ada", None), ("fixed", None), ("diffaug", "translation")])
+def test_a_run_recorded_before_ada_took_a_diffaugment_policy_continues_as_it_was(mode, kept, tmp_path):
+    """Records used to hold `aug.diffaug_policy` whatever the mode, read only by --aug=diffaug: an
+    older ADA run must not gain the DiffAugment stage its record names."""
+    record = TrainConfig(cfg="tiny").to_dict()
+    record["aug"].pop("diffaug")
+    record["aug"].update(mode=mode, diffaug_policy="translation")
+    (tmp_path / "training_options.json").write_text(json.dumps(record))
+    cfg = stored_config(tmp_path)
+    assert cfg.aug.mode == mode and cfg.aug.diffaug == kept

@@ -96,7 +96,9 @@ def test_table_lists_runs_by_kimg(bench):
     assert lines[1].split() == ["n1-a", "5.0", "4.0"] and lines[2].split() == ["n1-b", "7.5", "-"]
 
 
-@pytest.mark.parametrize("name", ["ada", "published", "fast", "noaug", "fixed", "lecam", "diffaug", "apa"])
+@pytest.mark.parametrize(
+    "name", ["ada", "published", "fast", "noaug", "fixed", "lecam", "diffaug", "apa", "ada-cutout"]
+)
 def test_every_named_run_is_a_valid_training(bench, name, tmp_path, capsys):
     quality, _ = bench
     main(["train", "--cfg", "cpu", "--data", "digits", "-n", "--outdir", str(tmp_path), *quality.RUNS[name]])
